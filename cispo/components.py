@@ -1,0 +1,145 @@
+"""Everything one training run holds: run folder, Ray, rollout and trainer workers, data, sampler,
+logger, checkpoints; and how they are saved and restored together."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cispo.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state, write_text_atomic
+from cispo.config import TrainConfig, to_dict
+from cispo.data import PromptRow, PromptSampler, encode_prompts, load_data
+from cispo.evaluation.metrics import EvalMetrics
+from cispo.evaluation.runner import evaluate_dataset
+from cispo.tracking import MetricsLogger
+from cispo.warmstart import warm_start
+from rollout.config import SamplingConfig
+
+log = logging.getLogger(__name__)
+
+TRAINER_DIR = "trainer"
+STATE_FILE = "trainer_state.json"
+CONFIG_FILE = "config.yaml"
+
+
+def init_ray(cfg: TrainConfig) -> bool:
+    """Starts a local Ray (or joins ``ray.address``); returns True when we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
+                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path.cwd()),
+                                                                                      os.environ.get("PYTHONPATH")]))}})
+    return True
+
+
+class Components:
+    def __init__(self, cfg: TrainConfig) -> None:
+        from rollout.models import prepare_model
+
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run_dir).resolve()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.run_dir / CONFIG_FILE, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        self.checkpoints = CheckpointManager(self.run_dir, keep_last=cfg.checkpoint.keep_last)
+        self.resume_from = self.checkpoints.find_resume(cfg.checkpoint.resume)
+        state = json.loads((self.resume_from / STATE_FILE).read_text()) if self.resume_from else None
+
+        self.model_path = prepare_model(cfg.model.path, cfg.model.cache_dir, dtype=cfg.model.dtype, seed=cfg.model.seed)
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_path))
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.pad_token_id = int(pad)
+        self.data = load_data(cfg.data)
+        log.info("data: %s", self.data.summary())
+        if cfg.model.warmstart.steps:
+            from rollout.models import default_cache_dir
+
+            cache = Path(cfg.model.cache_dir) if cfg.model.cache_dir else default_cache_dir()
+            self.model_path = warm_start(self.model_path, self.data.train, cfg.data.prompt, cfg.model.warmstart, cache)
+        self.sampler: PromptSampler[PromptRow] = PromptSampler(self.data.train, seed=cfg.data.seed,
+                                                              shuffle=cfg.data.shuffle)
+
+        self.owns_ray = init_ray(cfg)
+        from cispo.trainer.group import TrainerGroup
+        from rollout.group import RolloutGroup
+
+        self.trainer = TrainerGroup(cfg.trainer, self.model_path)
+        engine_cfg = dataclasses.replace(cfg.rollout.engine, model=str(self.model_path))
+        self.rollout = RolloutGroup(engine_cfg, cfg.rollout.group)
+
+        self.start_step, self.elapsed = 0, 0.0
+        if state is not None:
+            self._restore(state)
+        self.logger = MetricsLogger(self.run_dir, wandb_mode=cfg.logger.wandb_mode, project=cfg.logger.project,
+                                    run_name=cfg.name, config=to_dict(cfg), console=cfg.logger.console,
+                                    resume_step=self.start_step if state is not None else None,
+                                    total_steps=cfg.total_steps)
+        if state is not None and state.get("metrics") and (self.logger.last_record or {}).get("step", -1) < self.start_step:
+            # Crash between the checkpoint and its metrics line: the checkpoint carries the line.
+            self.logger.log(self.start_step, state["metrics"])
+
+    # ---- the pieces the loop calls ----------------------------------------------------------------
+    def encode(self, rows: list[PromptRow]) -> list[list[int]]:
+        return encode_prompts(self.tokenizer, rows, self.cfg.data.prompt)
+
+    def train_sampling(self, seed: int) -> SamplingConfig:
+        return dataclasses.replace(self.cfg.rollout.sampling, seed=seed)
+
+    def evaluate(self, name: str) -> EvalMetrics:
+        e = self.cfg.eval
+        sampling = dataclasses.replace(self.cfg.rollout.sampling, n=e.k, temperature=e.temperature, top_p=e.top_p,
+                                       max_tokens=e.max_tokens, seed=self.cfg.seed)
+        return evaluate_dataset(self.rollout, self.tokenizer, self.data.eval[name], prompt_cfg=self.cfg.data.prompt,
+                                sampling=sampling, reward_cfg=self.cfg.reward)
+
+    # ---- checkpoint / resume ----------------------------------------------------------------------
+    def save(self, step: int, metrics: dict[str, Any] | None = None) -> Path:
+        with self.checkpoints.writing(step) as tmp:
+            self.trainer.save(tmp / TRAINER_DIR)
+            state = {"step": step, "elapsed": self.elapsed, "sampler": self.sampler.state_dict(),
+                     "consumed_prompts": self.sampler.consumed, "rng": capture_rng_state(),
+                     "metrics": metrics or {}}
+            (tmp / STATE_FILE).write_text(json.dumps(state))
+            (tmp / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+        return self.checkpoints.path_for(step)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        assert self.resume_from is not None
+        log.info("resuming from %s (step %d)", self.resume_from, state["step"])
+        self.trainer.load(self.resume_from / TRAINER_DIR)
+        self.rollout.update_weights(self.trainer.export_weights())
+        self.sampler.load_state_dict(state["sampler"])
+        restore_rng_state(state["rng"])
+        self.start_step, self.elapsed = int(state["step"]), float(state["elapsed"])
+
+    # ---- lifetime ---------------------------------------------------------------------------------
+    def __enter__(self) -> "Components":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.close()
+        for part in (self.rollout, self.trainer):
+            try:
+                part.shutdown()
+            except Exception:  # noqa: BLE001 - best effort on the way out
+                log.exception("shutdown of %s failed", type(part).__name__)
+        if self.owns_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def build_components(cfg: TrainConfig) -> Components:
+    return Components(cfg)

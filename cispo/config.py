@@ -1,0 +1,91 @@
+"""The typed schema of a training run: every Hydra config is converted into :class:`TrainConfig`
+at start-up, so a wrong key or value fails before Ray, vLLM or DeepSpeed start."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cispo.data import DataConfig
+from cispo.run_config import (
+    AlgorithmConfig,
+    CheckpointConfig,
+    EvalConfig,
+    LoggerConfig,
+    ModelConfig,
+    RayConfig,
+)
+from cispo.schema import ConfigError, from_mapping, to_dict
+from cispo.trainer.config import TrainerConfig
+from rewards import RewardConfig
+from rollout.config import EngineConfig, GroupConfig, SamplingConfig
+
+
+@dataclass
+class RolloutConfig:
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    group: GroupConfig = field(default_factory=GroupConfig)
+
+
+@dataclass
+class TrainConfig:
+    name: str = "run"
+    run_dir: str = "runs/run"
+    seed: int = 0
+    total_steps: int = 10
+    prompts_per_step: int = 8
+    """Prompt groups per rollout batch; each gets ``group_size`` responses."""
+    group_size: int = 8
+    """G: responses sampled per prompt."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    @property
+    def batch_size(self) -> int:
+        return self.prompts_per_step * self.group_size
+
+
+def load_config(data: Mapping[str, Any]) -> TrainConfig:
+    """Converts a composed Hydra config (as a plain mapping) and checks cross-section rules."""
+    data = {k: v for k, v in data.items() if k != "hydra"}
+    cfg = from_mapping(TrainConfig, data)
+    for key in ("total_steps", "prompts_per_step", "group_size"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key}={getattr(cfg, key)}: expected an integer >= 1")
+    # The trainer's batch is derived, never set by hand: prompts_per_step x group_size responses.
+    trainer_data = dict(data.get("trainer") or {})
+    if "batch_size" in trainer_data and trainer_data["batch_size"] != cfg.batch_size:
+        raise ConfigError(f"trainer.batch_size={trainer_data['batch_size']} is derived from prompts_per_step x "
+                          f"group_size = {cfg.batch_size}; remove it from the config")
+    # The LR schedule counts optimizer steps: one per mini-batch per PPO epoch of every RL step.
+    updates_per_step = cfg.trainer.ppo_epochs * max(1, cfg.batch_size // max(1, cfg.trainer.mini_batch_size))
+    cfg.trainer = dataclasses.replace(cfg.trainer, batch_size=cfg.batch_size, seed=cfg.seed,
+                                      total_steps=cfg.total_steps * updates_per_step)
+    cfg.rollout.sampling = dataclasses.replace(cfg.rollout.sampling, n=cfg.group_size)
+    cfg.rollout.engine = dataclasses.replace(cfg.rollout.engine, model=cfg.model.path, dtype=cfg.model.dtype,
+                                             seed=cfg.seed)
+    for section, obj in (("trainer", cfg.trainer), ("rollout.engine", cfg.rollout.engine),
+                         ("rollout.sampling", cfg.rollout.sampling), ("rollout.group", cfg.rollout.group)):
+        try:
+            obj.validate()
+        except ValueError as err:
+            raise ConfigError(f"{section}: {err}") from err
+    unknown_sets = [s for s in cfg.eval.sets if s not in cfg.data.eval]
+    if unknown_sets:
+        raise ConfigError(f"eval.sets={cfg.eval.sets}: {unknown_sets} not defined in data.eval "
+                          f"(defined: {sorted(cfg.data.eval)})")
+    return cfg
+
+
+__all__ = ["ConfigError", "RolloutConfig", "TrainConfig", "load_config", "to_dict"]

@@ -1,0 +1,132 @@
+"""The RL loop: rollout -> rewards -> dynamic sampling -> advantages -> update -> weight sync ->
+eval -> checkpoint. What it drives is built in :mod:`cispo.components`; this file is the algorithm,
+readable top to bottom."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cispo.algorithms import compute_advantages
+from cispo.batching import build_train_batch
+from cispo.checkpoint import GracefulStop
+from cispo.components import Components, build_components
+from cispo.config import TrainConfig
+from cispo.dynamic_sampling import GroupCollector
+from cispo.scoring import score_rollouts
+from cispo.step_metrics import eval_metrics, rollout_metrics
+from cispo.tracking import PhaseTimer
+from rewards import RewardResult
+from rollout.types import RolloutResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Group:
+    """The G responses of one prompt with their shaped rewards and verdicts."""
+
+    results: list[RolloutResult]
+    rewards: list[float]
+    verdicts: list[RewardResult]
+
+
+def sampling_seed(run_seed: int, step: int, round_index: int) -> int:
+    """A fresh, reproducible vLLM seed per generation round (a resumed run replays the same samples)."""
+    return (run_seed * 1_000_003 + step * 1_009 + round_index * 7_919) % (2**31 - 1)
+
+
+def generate_groups(c: Components, step: int, round_index: int, num_prompts: int) -> list[Group]:
+    rows = c.sampler.sample(num_prompts)
+    sampling = c.train_sampling(sampling_seed(c.cfg.seed, step, round_index))
+    results = c.rollout.generate(c.encode(rows), sampling)
+    n = sampling.n
+    rewards, verdicts = score_rollouts([row for row in rows for _ in range(n)], results, c.cfg.reward)
+    return [Group(results[i * n:(i + 1) * n], rewards[i * n:(i + 1) * n], verdicts[i * n:(i + 1) * n])
+            for i in range(len(rows))]
+
+
+def collect_groups(c: Components, step: int) -> tuple[list[Group], dict[str, float]]:
+    """G responses per prompt, over several rounds when dynamic sampling drops zero-variance groups,
+    until ``prompts_per_step`` groups are kept or ``max_gen_rounds`` is hit (then: what we have)."""
+    cfg = c.cfg
+    collector: GroupCollector[Group] = GroupCollector(cfg.prompts_per_step, cfg.algorithm.dynamic_sampling)
+    generated: list[Group] = []
+    for round_index in range(cfg.algorithm.max_gen_rounds):
+        wanted = cfg.prompts_per_step if round_index == 0 else math.ceil(collector.missing * cfg.algorithm.oversample)
+        groups = generate_groups(c, step, round_index, wanted)
+        generated += groups
+        collector.add(groups, [g.rewards for g in groups])
+        if collector.full:
+            break
+    if collector.missing:
+        log.warning("step %d: %d/%d groups with reward variance after %d rounds; training on those",
+                    step, len(collector.kept), cfg.prompts_per_step, collector.rounds)
+    metrics = rollout_metrics([r for g in generated for r in g.results], [x for g in generated for x in g.rewards],
+                              [v for g in generated for v in g.verdicts])
+    return collector.kept, metrics | collector.metrics()
+
+
+def train_on_groups(c: Components, groups: list[Group], timer: PhaseTimer) -> dict[str, float]:
+    results = []
+    for group_id, group in enumerate(groups):
+        for r in group.results:
+            r.group_id = group_id
+            results.append(r)
+    rewards = torch.tensor([x for g in groups for x in g.rewards], dtype=torch.float64)
+    advantages = compute_advantages(c.cfg.algorithm.advantage, rewards, [r.group_id for r in results],
+                                    eps=c.cfg.algorithm.advantage_eps, **c.cfg.algorithm.advantage_options)
+    # The trainer takes whole mini-batches: a short batch (dynamic sampling hit its cap) is cut to a
+    # multiple of the mini-batch size; fewer rows than one mini-batch skip the update.
+    usable = len(results) // c.cfg.trainer.mini_batch_size * c.cfg.trainer.mini_batch_size
+    if usable == 0:
+        log.warning("%d responses < trainer.mini_batch_size=%d: no update this step", len(results),
+                    c.cfg.trainer.mini_batch_size)
+        return {"actor/update_skipped": 1.0}
+    batch = build_train_batch(results[:usable], advantages[:usable], pad_token_id=c.pad_token_id,
+                              mask_truncated=c.cfg.reward.overlong_filtering)
+    with timer.phase("old_log_probs"):
+        batch.old_log_probs = c.trainer.compute_log_probs(batch)
+    with timer.phase("update"):
+        metrics = {"actor/" + k.removeprefix("policy/"): v for k, v in c.trainer.update(batch).items()}
+    with timer.phase("sync"):
+        c.rollout.update_weights(c.trainer.export_weights())
+    return metrics | {"advantage/abs_mean": advantages.abs().mean().item(), "actor/update_skipped": 0.0,
+                      "actor/rows": float(usable)}
+
+
+def run_eval(c: Components) -> dict[str, float]:
+    return eval_metrics({name: c.evaluate(name) for name in c.cfg.eval.sets})
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Runs (or resumes) a training job; returns the run folder."""
+    c = build_components(cfg)
+    with c, GracefulStop() as stop:
+        if c.start_step == 0 and cfg.eval.at_start:
+            c.logger.log(0, run_eval(c))
+        for step in range(c.start_step + 1, cfg.total_steps + 1):
+            timer = PhaseTimer(elapsed=c.elapsed)
+            timer.start_step()
+            with timer.phase("generate"):
+                groups, metrics = collect_groups(c, step)
+            if groups:
+                metrics |= train_on_groups(c, groups, timer)
+            last = step == cfg.total_steps
+            if (cfg.eval.every and step % cfg.eval.every == 0) or last:
+                with timer.phase("eval"):
+                    metrics |= run_eval(c)
+            if (cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0) or last or stop.requested:
+                with timer.phase("checkpoint"):
+                    c.save(step, metrics)
+            metrics |= timer.end_step()
+            c.elapsed = metrics["time/total_elapsed"]
+            c.logger.log(step, metrics)
+            if stop.requested:
+                log.warning("stopping after step %d on %s (checkpoint saved)", step, stop.signal_name)
+                break
+    return c.run_dir

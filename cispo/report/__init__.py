@@ -1,0 +1,1 @@
+"""Building blocks of the comparison report: statistics, plots, markdown (see cispo.compare)."""

@@ -1,0 +1,86 @@
+"""Schemas of the config sections the driver owns (the others live beside their packages).
+
+Defaults here mirror ``configs/``; the YAML is the one place users read and change them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from cispo.algorithms import ADVANTAGE_ESTIMATORS
+from cispo.warmstart import WarmStartConfig
+
+
+@dataclass
+class ModelConfig:
+    """``path``: ``tiny``, ``tiny-tied``, ``smollm2-135m`` (built locally, no network) or an HF folder."""
+
+    path: str = "tiny"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    seed: int = 0
+    cache_dir: str | None = None
+    warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
+    """Optional supervised warm start on the training task before RL (see cispo/warmstart.py)."""
+
+
+@dataclass
+class AlgorithmConfig:
+    """What distinguishes CISPO / DAPO / GRPO outside the loss (the loss knobs live in ``trainer``)."""
+
+    name: Literal["cispo", "dapo", "grpo"] = "cispo"
+    advantage: str = "grpo"
+    """Advantage estimator: grpo (group mean/std), dr_grpo (mean only), rloo."""
+    advantage_eps: float = 1e-6
+    advantage_options: dict[str, Any] = field(default_factory=dict)
+    dynamic_sampling: bool = True
+    """DAPO's dynamic sampling (also used by M1): drop groups with zero reward variance, refill."""
+    max_gen_rounds: int = 3
+    """Cap on generation rounds per step; past it, train on what was collected (never crash)."""
+    oversample: float = 1.5
+    """Prompts drawn per refill round, as a multiple of the groups still missing."""
+
+    def __post_init__(self) -> None:
+        if self.advantage not in ADVANTAGE_ESTIMATORS:
+            raise ValueError(f"algorithm.advantage={self.advantage!r}: expected one of {sorted(ADVANTAGE_ESTIMATORS)}")
+        if self.max_gen_rounds < 1:
+            raise ValueError(f"algorithm.max_gen_rounds={self.max_gen_rounds}: expected >= 1")
+        if self.oversample < 1.0:
+            raise ValueError(f"algorithm.oversample={self.oversample}: expected >= 1.0")
+
+
+@dataclass
+class EvalConfig:
+    every: int = 5
+    """Evaluate every N steps (0 = only at the end); always at the end and before the first step."""
+    k: int = 4
+    """Samples per problem (avg@k, pass@k, maj@k). M1 uses 32 on AIME."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 64
+    sets: list[str] = field(default_factory=lambda: ["heldout"])
+    """Names of eval sets defined in ``data.eval``; ``heldout`` is the training task's held-out split."""
+    at_start: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "cispo"
+    console: bool = True
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None
+    """None: start a local Ray (right-sized for this machine); ``auto`` or ``host:port`` joins a cluster."""
+    num_cpus: int | None = None
+    """For a local Ray only; None = all cores."""
+
+
+@dataclass
+class CheckpointConfig:
+    save_every: int = 10
+    keep_last: int = 2
+    resume: str = "auto"
+    """``auto`` (latest complete checkpoint of the run folder), ``none``, or a checkpoint path."""

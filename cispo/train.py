@@ -1,0 +1,46 @@
+"""``python -m cispo.train [overrides]``: a training run from the Hydra configs in ``configs/``.
+
+Examples::
+
+    python -m cispo.train                                  # the default CPU job (CISPO, SmolLM2-135M)
+    python -m cispo.train experiment=quick                 # tiny model, about a minute
+    python -m cispo.train algorithm=dapo seed=1
+    python -m cispo.train -m algorithm=cispo,dapo,grpo seed=0,1,2   # a comparison sweep
+    python -m cispo.train run_dir=runs/my_run              # resumes runs/my_run if it has checkpoints
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+log = logging.getLogger("cispo")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def _main(raw: DictConfig) -> None:
+    from cispo.config import ConfigError, load_config
+    from cispo.loop import train
+
+    try:
+        cfg = load_config(OmegaConf.to_container(raw, resolve=True))
+    except ConfigError as err:
+        log.error("invalid configuration: %s", err)
+        raise SystemExit(2) from None
+    run_dir = train(cfg)
+    log.info("run folder: %s", run_dir)
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
