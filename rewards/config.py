@@ -1,0 +1,165 @@
+"""Reward configuration: every default lives here (mirrored under `reward:` in the Hydra YAML)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+MATH_FORMATS = ("boxed", "answer_line", "gsm8k")
+CODE_EXTRACTIONS = ("last_python_block", "last_block", "raw")
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """How responses are scored.
+
+    Values: a correct answer gets `correct_reward`, anything else `wrong_reward` (DAPO uses
+    +1 / -1); `format_reward` is added when an answer (math) or a program (code) could be
+    extracted at all, whatever its correctness.
+    """
+
+    # --- reward values
+    correct_reward: float = 1.0
+    wrong_reward: float = 0.0
+    format_reward: float = 0.0
+
+    # --- math
+    math_formats: tuple[str, ...] = MATH_FORMATS  # which answer formats are accepted
+    strip_think: bool = True  # answer is looked for only after the last </think>
+    math_timeout_s: float = 5.0  # hard limit for one math-verify parse + compare
+    aime_min: int = 0
+    aime_max: int = 999
+
+    # --- code
+    code_extraction: str = "last_python_block"
+    code_test_timeout_s: float = 10.0  # wall clock, per test (one assert / check / io case)
+    code_total_timeout_s: float = 30.0  # wall clock, whole program (all tests)
+    code_memory_mb: int = 1024  # address space per process, and resident total of the sandbox
+    code_output_cap_bytes: int = 1 << 20  # captured stdout/stderr per test; beyond it: output_limit
+    code_max_processes: int = 16  # RLIMIT_NPROC of the sandbox user
+    code_max_open_files: int = 64  # RLIMIT_NOFILE
+    code_max_file_mb: int = 16  # RLIMIT_FSIZE (largest file the program may write)
+    code_disk_mb: int = 64  # size of the private working folder (namespace mode)
+    code_partial_credit: bool = False  # score = fraction of tests passed instead of all-or-nothing
+    code_io_float_tolerance: float = 1e-6  # io tests: relative/absolute tolerance for decimal tokens
+    code_allow_site_packages: bool = True  # programs may import installed packages (read-only)
+    code_use_namespaces: bool = True  # net/pid/mount namespaces + minimal root, when available
+    code_drop_privileges: bool = True  # run as a fresh unprivileged uid when started as root
+    code_uid_range: tuple[int, int] = (1_000_000, 2_000_000)  # sandbox uids drawn from [lo, hi)
+
+    # --- machinery
+    hard_timeout_grace_s: float = 2.0  # slack before a stuck worker or harness is killed
+    pool_start_timeout_s: float = 120.0  # a pool worker must be ready (imports done) within this
+    pool_max_tasks_per_worker: int = 10_000  # then the worker is replaced (bounds caches and leaks)
+
+    # --- DAPO overlong handling
+    overlong_shaping: bool = False
+    overlong_max_len: int = 20480  # L_max
+    overlong_cache_len: int = 4096  # L_cache
+    overlong_filtering: bool = False  # loop masks out truncated responses (finish_reason == "length")
+
+    def __post_init__(self) -> None:
+        for name in ("correct_reward", "wrong_reward", "format_reward"):
+            _finite(self, name)
+        object.__setattr__(self, "math_formats", tuple(self.math_formats))
+        if not self.math_formats:
+            raise ValueError("reward.math_formats must name at least one of " + ", ".join(MATH_FORMATS))
+        for fmt in self.math_formats:
+            if fmt not in MATH_FORMATS:
+                raise ValueError(
+                    f"reward.math_formats: unknown format {fmt!r}, expected some of {', '.join(MATH_FORMATS)}"
+                )
+        for name in (
+            "math_timeout_s",
+            "code_test_timeout_s",
+            "code_total_timeout_s",
+            "hard_timeout_grace_s",
+            "pool_start_timeout_s",
+        ):
+            _positive(self, name)
+        if not 0.0 <= float(self.code_io_float_tolerance) < 1.0 or not math.isfinite(self.code_io_float_tolerance):
+            raise ValueError(f"reward.code_io_float_tolerance must be in [0, 1), got {self.code_io_float_tolerance!r}")
+        for name in ("aime_min", "aime_max"):
+            _int(self, name, minimum=0)
+        if self.aime_max < self.aime_min:
+            raise ValueError(f"reward.aime_max ({self.aime_max}) must be >= reward.aime_min ({self.aime_min})")
+        if self.code_extraction not in CODE_EXTRACTIONS:
+            raise ValueError(
+                f"reward.code_extraction must be one of {', '.join(CODE_EXTRACTIONS)}, got {self.code_extraction!r}"
+            )
+        _int(self, "pool_max_tasks_per_worker", minimum=1)
+        for name in (
+            "code_memory_mb",
+            "code_output_cap_bytes",
+            "code_max_processes",
+            "code_max_open_files",
+            "code_max_file_mb",
+            "code_disk_mb",
+        ):
+            _int(self, name, minimum=1)
+        if self.code_max_open_files < 16:
+            raise ValueError(
+                f"reward.code_max_open_files must be >= 16 (the interpreter needs a few), got {self.code_max_open_files}"
+            )
+        if self.code_memory_mb < 64:
+            raise ValueError(f"reward.code_memory_mb must be >= 64 (the interpreter needs it), got {self.code_memory_mb}")
+        lo_hi = tuple(self.code_uid_range)
+        if len(lo_hi) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in lo_hi):
+            raise ValueError(f"reward.code_uid_range must be two integers [lo, hi), got {self.code_uid_range!r}")
+        if not 1000 <= lo_hi[0] < lo_hi[1] <= 2**31 - 2:
+            raise ValueError(
+                f"reward.code_uid_range must satisfy 1000 <= lo < hi <= 2**31-2 (unprivileged, unused uids), got {lo_hi}"
+            )
+        object.__setattr__(self, "code_uid_range", lo_hi)
+        for name in (
+            "strip_think",
+            "code_partial_credit",
+            "code_allow_site_packages",
+            "code_use_namespaces",
+            "code_drop_privileges",
+            "overlong_shaping",
+            "overlong_filtering",
+        ):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"reward.{name} must be a bool, got {getattr(self, name)!r}")
+        _int(self, "overlong_max_len", minimum=1)
+        _int(self, "overlong_cache_len", minimum=0)
+        if self.overlong_cache_len > self.overlong_max_len:
+            raise ValueError(
+                f"reward.overlong_cache_len ({self.overlong_cache_len}) must be <= "
+                f"reward.overlong_max_len ({self.overlong_max_len})"
+            )
+
+    def replace(self, **overrides: Any) -> "RewardConfig":
+        """A copy with some fields changed; an unknown name is a ValueError naming it."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ValueError(f"unknown reward option(s) {unknown}; known: {sorted(names)}")
+        return dataclasses.replace(self, **overrides)
+
+
+def _finite(cfg: RewardConfig, name: str) -> None:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"reward.{name} must be a finite number, got {value!r}")
+    object.__setattr__(cfg, name, float(value))
+
+
+def _positive(cfg: RewardConfig, name: str) -> None:
+    _finite(cfg, name)
+    if getattr(cfg, name) <= 0:
+        raise ValueError(f"reward.{name} must be > 0, got {getattr(cfg, name)!r}")
+
+
+def _int(cfg: RewardConfig, name: str, *, minimum: int) -> None:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"reward.{name} must be an integer >= {minimum}, got {value!r}")
+
+
+DEFAULT_CONFIG = RewardConfig()
+
+__all__ = ["RewardConfig", "DEFAULT_CONFIG", "MATH_FORMATS", "CODE_EXTRACTIONS"]

@@ -1,0 +1,297 @@
+"""Run an untrusted program against tests in an isolated, resource-limited child.
+
+Isolation on every run (see docs/rewards.md for what holds when a piece is unavailable):
+- namespace mode (default when `unshare` works, e.g. as root): new mount, net, pid, ipc and uts
+  namespaces; the harness is PID 1 there, so everything dies with it. It builds a minimal
+  read-only root (system dirs, the interpreter's stdlib, optionally site-packages, /dev nodes, a
+  fresh /proc) plus a private size-limited tmpfs `/work` (cwd and HOME), chroots into it and
+  drops to a fresh unprivileged uid. No network: only a downed loopback exists.
+- plain mode (fallback): a fresh temp folder as cwd/HOME and, as root, a fresh uid; no network
+  isolation.
+Both modes: own session/process group killed whole on timeout; per-test and whole-program
+wall-clock limits; rlimits on address space, CPU, processes, file size, open files; output
+capped; environment scrubbed; the harness dies when this process dies (a liveness pipe).
+
+This module is thread-safe and uses no preexec_fn, so it works from Ray actors' threads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import site
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rewards.config import RewardConfig
+
+HARNESS = Path(__file__).with_name("_harness.py")
+PYTHON_FLAGS = ("-I", "-S", "-B")
+UNSHARE_FLAGS = ("--mount", "--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child")
+SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+NS_HOME = "/sandbox"
+WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+PROBE_TIMEOUT_S = 30.0
+WORKDIR_PREFIX = "cispo-sbx-"
+STDERR_KEEP = 2000
+MB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """What the sandbox can enforce on this machine (probed once per process)."""
+
+    namespaces: bool
+    drop_privileges: bool
+    unshare: str | None
+    note: str
+
+
+@dataclass
+class SandboxReport:
+    """Per-test outcomes as the harness reported them, or why there are none."""
+
+    tests: list[dict[str, Any]] = field(default_factory=list)
+    compile_error: str | None = None
+    bad_tests: str | None = None
+    harness_error: str | None = None
+    timed_out: bool = False
+    isolation: Isolation | None = None
+    elapsed_s: float | None = None
+
+
+_probe_lock = threading.Lock()
+_probe_cache: dict[tuple[bool, bool], Isolation] = {}
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def site_paths(cfg: RewardConfig) -> list[str]:
+    """Installed-package folders the program may import from (read-only), if allowed."""
+    if not cfg.code_allow_site_packages:
+        return []
+    paths: list[str] = []
+    for p in site.getsitepackages() + [site.getusersitepackages()]:
+        if p and os.path.isdir(p) and p not in paths:
+            paths.append(p)
+    return paths
+
+
+def isolation(cfg: RewardConfig) -> Isolation:
+    """Probe (once per process and setting) whether namespace mode works here."""
+    key = (cfg.code_use_namespaces, cfg.code_drop_privileges)
+    with _probe_lock:
+        if key in _probe_cache:
+            return _probe_cache[key]
+        if not _probe_cache:
+            remove_stale_workdirs()
+        drop = cfg.code_drop_privileges and _is_root()
+        unshare = shutil.which("unshare") if cfg.code_use_namespaces else None
+        note = ""
+        if unshare:
+            candidate = Isolation(True, drop, unshare, "")
+            report = _launch("", {"form": "probe"}, cfg, candidate, probe=True)
+            ok = bool(report.tests) and report.tests[0].get("status") == "pass"
+            if not ok:
+                note = f"namespace mode unavailable ({report.harness_error or report.tests or 'no result'}); plain mode"
+                unshare = None
+        elif cfg.code_use_namespaces:
+            note = "no `unshare` binary; plain mode"
+        else:
+            note = "namespaces disabled by reward.code_use_namespaces"
+        if not drop:
+            note += "; not root or reward.code_drop_privileges off: the program runs as this user"
+        elif not unshare and not _world_traversable(sys.base_prefix):
+            note += f"; {sys.base_prefix} is not readable by other users: only preloaded stdlib modules import"
+        result = Isolation(bool(unshare), drop, unshare, note.strip("; "))
+        _probe_cache[key] = result
+        return result
+
+
+def _world_traversable(path: str) -> bool:
+    """Whether a user without privileges can reach `path` (every ancestor has o+x)."""
+    current = Path(path).resolve()
+    for folder in [current, *current.parents]:
+        try:
+            if not folder.stat().st_mode & 0o001:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def remove_stale_workdirs() -> int:
+    """Delete work folders left by scoring processes that were killed mid-run (their pid is gone)."""
+    removed = 0
+    for entry in Path(tempfile.gettempdir()).glob(WORKDIR_PREFIX + "*"):
+        pid_text = entry.name[len(WORKDIR_PREFIX):].split("-", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+            continue  # its process is alive: maybe in use
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def _limits(cfg: RewardConfig) -> dict[str, Any]:
+    return {
+        "test_timeout": cfg.code_test_timeout_s,
+        "total_timeout": cfg.code_total_timeout_s,
+        "memory": cfg.code_memory_mb * MB,
+        "output_cap": cfg.code_output_cap_bytes,
+        "nproc": cfg.code_max_processes,
+        "nofile": cfg.code_max_open_files,
+        "fsize": cfg.code_max_file_mb * MB,
+        "disk_mb": cfg.code_disk_mb,
+    }
+
+
+def _env(home: str) -> dict[str, str]:
+    return {
+        "PATH": SANDBOX_PATH,
+        "HOME": home,
+        "TMPDIR": home,
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+
+
+def _sweep_uid(uid: int) -> None:
+    """Kill every process of a sandbox uid (plain mode, when the harness could not do it itself)."""
+    code = f"import os\nos.setgroups([])\nos.setresgid({uid},{uid},{uid})\nos.setresuid({uid},{uid},{uid})\n" \
+           "try:\n    os.kill(-1, 9)\nexcept OSError:\n    pass\n"
+    subprocess.run([sys.executable, *PYTHON_FLAGS, "-c", code], env=_env("/"), timeout=PROBE_TIMEOUT_S,
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+
+
+def _remove_uid_files(uid: int) -> None:
+    """Plain mode: delete what a sandbox uid left in world-writable folders."""
+    for folder in WORLD_WRITABLE:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.stat(follow_symlinks=False).st_uid != uid:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
+            except OSError:
+                pass
+
+
+def run_program(program: str, tests: dict[str, Any], cfg: RewardConfig) -> SandboxReport:
+    """Run `program` against `tests` (the harness payload part: form, asserts/check/inputs, setup)."""
+    return _launch(program, tests, cfg, isolation(cfg))
+
+
+def _launch(program: str, tests: dict[str, Any], cfg: RewardConfig, iso: Isolation, *, probe: bool = False) -> SandboxReport:
+    uid = secrets.randbelow(cfg.code_uid_range[1] - cfg.code_uid_range[0]) + cfg.code_uid_range[0] if iso.drop_privileges else None
+    workdir = tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-")
+    alive_r, alive_w = os.pipe()
+    report = SandboxReport(isolation=iso)
+    proc: subprocess.Popen | None = None
+    try:
+        if iso.namespaces:
+            cmd = [iso.unshare or "unshare", *UNSHARE_FLAGS, "--", sys.executable, *PYTHON_FLAGS, str(HARNESS)]
+            home = NS_HOME
+        else:
+            cmd = [sys.executable, *PYTHON_FLAGS, str(HARNESS)]
+            home = workdir
+            if uid is not None:
+                os.chown(workdir, uid, uid)
+        os.chmod(workdir, 0o700)
+        payload = {
+            "mode": "ns" if iso.namespaces else "plain",
+            "root": workdir,
+            "uid": uid,
+            "alive_fd": alive_r,
+            "limits": _limits(cfg),
+            "site_paths": site_paths(cfg),
+            "program": program,
+            "stop_on_failure": not cfg.code_partial_credit,
+            **tests,
+        }
+        body = json.dumps(payload).encode()
+        nonce = secrets.token_hex(32)
+        data = len(body).to_bytes(8, "big") + body + nonce.encode()
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(home),
+            cwd=workdir, start_new_session=True, pass_fds=(alive_r,), close_fds=True,
+        )
+        os.close(alive_r)
+        alive_r = -1
+        limit = (PROBE_TIMEOUT_S if probe else cfg.code_total_timeout_s) + cfg.hard_timeout_grace_s
+        try:
+            out, err = proc.communicate(data, timeout=limit)
+        except subprocess.TimeoutExpired:
+            report.timed_out = True
+            _kill_group(proc)
+            out, err = proc.communicate()
+        result = _parse(out, nonce)
+        if result is None:
+            if not report.timed_out:
+                tail = err[-STDERR_KEEP:].decode("utf-8", "replace").strip()
+                report.harness_error = f"no valid result from the harness (exit {proc.returncode}): {tail}"
+        else:
+            report.tests = result.get("tests", [])
+            report.compile_error = result.get("compile_error")
+            report.bad_tests = result.get("bad_tests")
+            report.harness_error = result.get("harness_error")
+            report.elapsed_s = result.get("elapsed_s")
+    finally:
+        if alive_r >= 0:
+            os.close(alive_r)
+        os.close(alive_w)
+        if proc is not None and proc.returncode is None:  # never signal a reaped (reusable) pid
+            _kill_group(proc)
+            proc.wait()
+        if not iso.namespaces and uid is not None:
+            # Anything of this uid still alive was started by the program (the harness checks, but a
+            # process forked after its check would escape it): kill it, then delete its files.
+            _sweep_uid(uid)
+            _remove_uid_files(uid)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return report
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, 9)
+    except OSError:
+        pass
+
+
+def _parse(out: bytes, nonce: str) -> dict[str, Any] | None:
+    """The harness's result, only if it is well-formed and carries this run's nonce."""
+    lines = out.strip().splitlines()
+    if not lines:
+        return None
+    try:
+        result = json.loads(lines[-1])
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(result, dict) or not secrets.compare_digest(str(result.get("nonce", "")), nonce):
+        return None
+    return result

@@ -1,0 +1,149 @@
+"""The training loop end to end: real vLLM, DeepSpeed, Ray and the tiny model (experiment=quick)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from safetensors.torch import load_file
+
+from cispo.config import ConfigError, load_config
+from cispo.tracking import read_metrics
+from cispo.train import CONFIG_DIR
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+VOLATILE = ("time/", "perf/", "actor/perf/")
+
+
+def make_config(run_dir: Path, *overrides: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        raw = compose(config_name="train", overrides=["experiment=quick", "logger=disabled", f"run_dir={run_dir}",
+                                                      *overrides])
+    from omegaconf import OmegaConf
+
+    return load_config(OmegaConf.to_container(raw, resolve=True))
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def run(run_dir: Path, *overrides: str) -> Path:
+    from cispo.loop import train
+
+    return train(make_config(run_dir, *overrides))
+
+
+def stable(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in records]
+
+
+def final_weights(run_dir: Path) -> dict:
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    return load_file(str(run_dir / "checkpoints" / latest / "trainer" / "model" / "model.safetensors"))
+
+
+def test_quick_run_learns_logs_and_checkpoints(ray_cluster, tmp_path):
+    run_dir = run(tmp_path / "run", "total_steps=3")
+    records = read_metrics(run_dir / "metrics.jsonl")
+    assert [r["step"] for r in records] == [0, 1, 2, 3]
+    assert "eval/heldout/avg@2" in records[0] and "eval/heldout/avg@2" in records[-1]
+    for r in records[1:]:
+        for key in ("reward/mean", "actor/loss", "actor/dropped_token_frac", "time/generate", "time/update",
+                    "time/sync", "actor/grad_norm"):
+            assert key in r, key
+        assert r["actor/dropped_token_frac"] == 0.0  # CISPO never drops a token's gradient
+    saved = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert "step_00000003" in saved and "latest" in saved
+    state = json.loads((run_dir / "checkpoints" / "step_00000003" / "trainer_state.json").read_text())
+    assert state["step"] == 3 and state["consumed_prompts"] >= 3 * 4
+    assert (run_dir / "config.yaml").is_file()
+
+
+def test_resume_continues_exactly(ray_cluster, tmp_path):
+    straight = run(tmp_path / "straight", "total_steps=4", "checkpoint.save_every=2")
+    run(tmp_path / "resumed", "total_steps=2", "checkpoint.save_every=2")
+    resumed = run(tmp_path / "resumed", "total_steps=4", "checkpoint.save_every=2")
+    a, b = final_weights(straight), final_weights(resumed)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert (a[name] == b[name]).all(), name
+    assert stable(read_metrics(straight / "metrics.jsonl")) == stable(read_metrics(resumed / "metrics.jsonl"))
+    # Training really moved the weights between the two checkpoints (else the comparison is vacuous).
+    step2 = load_file(str(straight / "checkpoints" / "step_00000002" / "trainer" / "model" / "model.safetensors"))
+    assert any((step2[n] != a[n]).any() for n in a)
+
+
+@pytest.mark.parametrize("algorithm", ["dapo", "grpo"])
+def test_each_algorithm_preset_runs_a_step(ray_cluster, tmp_path, algorithm):
+    run_dir = run(tmp_path / algorithm, f"algorithm={algorithm}", "total_steps=1", "eval.at_start=false")
+    (record,) = read_metrics(run_dir / "metrics.jsonl")
+    assert record["actor/optimizer_steps"] >= 1
+    if algorithm == "grpo":
+        assert record["actor/kl_ref"] >= 0.0
+
+
+def test_dynamic_sampling_cap_trains_on_what_it_has(ray_cluster, tmp_path):
+    # An impossible task for the random model: no group has reward variance, so every round is dropped.
+    run_dir = run(tmp_path / "cap", "total_steps=1", "eval.at_start=false", "model.warmstart.steps=0",
+                  "algorithm.max_gen_rounds=2")
+    (record,) = read_metrics(run_dir / "metrics.jsonl")
+    assert record["dynamic_sampling/rounds"] == 2
+    assert record["dynamic_sampling/shortfall"] == 4
+    assert "actor/loss" not in record
+
+
+def test_corrupted_checkpoint_falls_back_to_the_previous_one(ray_cluster, tmp_path):
+    run_dir = run(tmp_path / "run", "total_steps=2", "checkpoint.save_every=1", "eval.at_start=false")
+    weights = run_dir / "checkpoints" / "step_00000002" / "trainer" / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    from cispo.checkpoint import CheckpointManager
+
+    assert CheckpointManager(run_dir, keep_last=2).find_resume("auto").name == "step_00000001"
+
+
+def test_bad_config_fails_before_anything_starts(tmp_path):
+    with pytest.raises(ConfigError, match="trainer.lr"):
+        make_config(tmp_path, "trainer.lr=fast")
+    with pytest.raises(ConfigError, match="algorithm.max_gen_rounds"):
+        make_config(tmp_path, "algorithm.max_gen_rounds=0")
+    with pytest.raises(ConfigError, match="unknown key"):
+        make_config(tmp_path, "+trainer.learning_rate=1")
+    with pytest.raises(ConfigError, match="mini_batch_size"):
+        make_config(tmp_path, "trainer.mini_batch_size=1000")
+    proc = subprocess.run([sys.executable, "-m", "cispo.train", "experiment=quick", "trainer.zero_stage=7",
+                           f"run_dir={tmp_path / 'x'}"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2
+    assert "trainer.zero_stage" in proc.stderr + proc.stdout
+
+
+def test_sigterm_during_a_step_checkpoints_and_exits(tmp_path):
+    run_dir = tmp_path / "sig"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "cispo.train", "experiment=quick", "logger=disabled",
+                             "total_steps=50", "checkpoint.save_every=100", "eval.every=0", f"run_dir={run_dir}"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    metrics = run_dir / "metrics.jsonl"
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out[-3000:]
+    steps = [r["step"] for r in read_metrics(metrics)]
+    last = steps[-1]
+    assert 1 <= last < 50
+    assert (run_dir / "checkpoints" / f"step_{last:08d}").is_dir()
