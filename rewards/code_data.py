@@ -13,17 +13,30 @@ from typing import Any
 # LeetCode solutions use these names without importing them (the judge pre-imports them), and
 # the tests use the list/tree helpers. Written for this project.
 LEETCODE_PRELUDE = '''\
-import bisect, collections, functools, heapq, itertools, math, operator, random, re, string
+import bisect
+import collections
+import datetime
+import functools
+import heapq
+import itertools
+import math
+import operator
+import random
+import re
+import string
+import sys
+from typing import *  # first: its Counter, OrderedDict, ... aliases are replaced by the real classes below
 from bisect import *
 from collections import *
 from functools import *
 from heapq import *
 from itertools import *
-from string import *
-from typing import *
 from math import (
-    ceil, comb, factorial, floor, gcd, inf, isqrt, lcm, log, log2, log10, perm, prod, sqrt,
+    acos, asin, atan, atan2, ceil, comb, cos, degrees, exp, factorial, floor, gcd, hypot, inf, isqrt, lcm, log,
+    log2, log10, perm, pi, prod, radians, sin, sqrt, tan,
 )
+from operator import add, and_, attrgetter, floordiv, itemgetter, methodcaller, mod, mul, neg, or_, sub, truediv, xor
+from string import ascii_letters, ascii_lowercase, ascii_uppercase
 
 
 class ListNode:
@@ -40,11 +53,12 @@ class TreeNode:
 
 
 def list_node(values):
-    """Linked list from a Python list (None for an empty list)."""
-    head = None
-    for v in reversed(list(values)):
-        head = ListNode(v, head)
-    return head
+    head = ListNode()
+    tail = head
+    for value in values:
+        tail.next = ListNode(value)
+        tail = tail.next
+    return head.next
 
 
 def is_same_list(a, b):
@@ -56,37 +70,28 @@ def is_same_list(a, b):
 
 
 def tree_node(values):
-    """Binary tree from LeetCode's level-order list (None marks a missing child)."""
-    values = list(values)
+    """A tree from LeetCode's level-order list, None marking a missing child."""
     if not values or values[0] is None:
         return None
     root = TreeNode(values[0])
-    queue = deque([root])
-    i = 1
-    while queue and i < len(values):
-        node = queue.popleft()
-        if i < len(values) and values[i] is not None:
-            node.left = TreeNode(values[i])
-            queue.append(node.left)
-        i += 1
-        if i < len(values) and values[i] is not None:
-            node.right = TreeNode(values[i])
-            queue.append(node.right)
-        i += 1
+    frontier = collections.deque([root])
+    index = 1
+    while frontier and index < len(values):
+        node = frontier.popleft()
+        for side in ("left", "right"):
+            if index < len(values):
+                if values[index] is not None:
+                    child = TreeNode(values[index])
+                    setattr(node, side, child)
+                    frontier.append(child)
+                index += 1
     return root
 
 
 def is_same_tree(a, b):
-    stack = [(a, b)]
-    while stack:
-        x, y = stack.pop()
-        if x is None and y is None:
-            continue
-        if x is None or y is None or x.val != y.val:
-            return False
-        stack.append((x.left, y.left))
-        stack.append((x.right, y.right))
-    return True
+    if a is None or b is None:
+        return a is b
+    return a.val == b.val and is_same_tree(a.left, b.left) and is_same_tree(a.right, b.right)
 '''
 
 _CHECK_CALL = re.compile(r"^check\((.+)\)\s*$")

@@ -22,7 +22,7 @@ from cispo.data import (
     load_data,
     load_prompt_dataset,
 )
-from cispo.data.leetcode_setup import LEETCODE_SETUP
+from rewards.code_data import LEETCODE_PRELUDE as LEETCODE_SETUP
 
 DATA = Path(os.environ.get("CISPO_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cispo.data.config import PROMPT_PLACEHOLDER, ColumnMap
-from cispo.data.leetcode_setup import LEETCODE_SETUP
+from rewards.code_data import LEETCODE_PRELUDE as LEETCODE_SETUP
 from cispo.data.types import GroundTruth
 
 AIME_ANSWER_MAX = 999

@@ -1,0 +1,221 @@
+"""`RolloutGroup`: N rollout actors on Ray that act as one engine.
+
+A batch of prompts is split into N contiguous shares; results come back in prompt order. If an
+actor dies, the group starts a replacement, loads the latest weights into it, and resubmits that
+actor's share: nothing is lost, and the restart shows up in `metrics`. Per-prompt seeds are
+global (see SamplingConfig), so how prompts are split does not change which seed a prompt gets.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError
+
+from rollout.actor import RolloutActor
+from rollout.config import EngineConfig, GroupConfig, SamplingConfig
+from rollout.engine import Prompt
+from rollout.types import RolloutResult
+from rollout.weight_sync import PackedWeights, WeightsLike, WeightSyncTimeoutError, pack_weights
+
+
+class RolloutGroupError(RuntimeError):
+    """The group could not finish a call (too many actor deaths)."""
+
+
+@dataclass
+class _Share:
+    start: int
+    prompts: list
+    group_ids: list[int] | None
+
+
+@dataclass
+class PendingRollout:
+    """A submitted batch: `RolloutGroup.collect(pending)` waits for it."""
+
+    num_prompts: int
+    sampling: SamplingConfig
+    shares: list[_Share]
+    # ObjectRef -> (share index, actor index, actor handle it was sent to)
+    refs: dict = field(default_factory=dict)
+    submitted_at: float = field(default_factory=time.perf_counter)
+
+
+def split_evenly(n: int, parts: int) -> list[tuple[int, int]]:
+    """[start, end) ranges of `parts` contiguous shares of n items, sizes differing by at most 1;
+    empty shares are dropped."""
+    if n < 0 or parts < 1:
+        raise ValueError(f"split_evenly needs n >= 0 and parts >= 1, got n={n}, parts={parts}")
+    base, extra = divmod(n, parts)
+    out, start = [], 0
+    for k in range(parts):
+        size = base + (1 if k < extra else 0)
+        if size:
+            out.append((start, start + size))
+        start += size
+    return out
+
+
+class RolloutGroup:
+    """N `RolloutActor`s; call `ray.init(...)` before creating one."""
+
+    def __init__(self, engine_config: EngineConfig | None = None, group_config: GroupConfig | None = None) -> None:
+        self.engine_config = engine_config or EngineConfig()
+        self.config = group_config or GroupConfig()
+        self.engine_config.validate()
+        self.config.validate()
+        self._actor_cls = ray.remote(
+            num_cpus=self.config.num_cpus_per_actor, num_gpus=self.config.num_gpus_per_actor
+        )(RolloutActor)
+        self.actors = [self._spawn() for _ in range(self.config.num_actors)]
+        ray.get([a.ready.remote() for a in self.actors])
+        self._weights_ref: ray.ObjectRef | None = None
+        self.metrics: dict[str, float] = {
+            "actor_restarts": 0,
+            "resubmitted_prompts": 0,
+            "weight_updates": 0,
+        }
+
+    def _spawn(self):  # noqa: ANN202 - a Ray actor handle
+        return self._actor_cls.remote(self.engine_config)
+
+    # ---------------------------------------------------------------- generate
+    def submit(
+        self,
+        prompts: Sequence[Prompt],
+        sampling: SamplingConfig | None = None,
+        *,
+        group_ids: Sequence[int] | None = None,
+    ) -> PendingRollout:
+        """Send each actor its share and return at once; `collect` gathers the results."""
+        s = sampling or SamplingConfig()
+        s.validate()
+        if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
+            raise ValueError(f"prompts must be a list of prompts, got {type(prompts).__name__}")
+        if len(prompts) == 0:
+            raise ValueError("prompts is empty: nothing to generate")
+        if group_ids is not None and len(group_ids) != len(prompts):
+            raise ValueError(f"group_ids has {len(group_ids)} entries for {len(prompts)} prompts")
+        shares = [
+            _Share(a, list(prompts[a:b]), None if group_ids is None else list(group_ids[a:b]))
+            for a, b in split_evenly(len(prompts), len(self.actors))
+        ]
+        pending = PendingRollout(num_prompts=len(prompts), sampling=s, shares=shares)
+        for k in range(len(shares)):
+            self._send(pending, k, k)
+        return pending
+
+    def _send(self, pending: PendingRollout, share: int, actor_idx: int) -> None:
+        sh = pending.shares[share]
+        actor = self.actors[actor_idx]
+        ref = actor.generate.remote(sh.prompts, pending.sampling, sh.group_ids, sh.start)
+        pending.refs[ref] = (share, actor_idx, actor)
+
+    def collect(self, pending: PendingRollout) -> list[RolloutResult]:
+        """Wait for every share; restart dead actors and resubmit their shares."""
+        done: dict[int, list[RolloutResult]] = {}
+        restarts = 0
+        timeout = self.config.generate_timeout_s
+        while pending.refs:
+            ready, _ = ray.wait(list(pending.refs), num_returns=1, timeout=timeout)
+            if not ready:
+                late = sorted({a for _, a, _ in pending.refs.values()})
+                raise TimeoutError(f"rollout actors {late} returned nothing within {timeout} s")
+            ref = ready[0]
+            share, actor_idx, actor = pending.refs.pop(ref)
+            try:
+                done[share] = ray.get(ref)
+            except RayActorError as e:
+                restarts += 1
+                if restarts > self.config.max_restarts_per_call:
+                    raise RolloutGroupError(
+                        f"{restarts} actor deaths in one call (GroupConfig.max_restarts_per_call="
+                        f"{self.config.max_restarts_per_call}); last: {e}"
+                    ) from e
+                if self.actors[actor_idx] is actor:  # not yet replaced by another call
+                    self.restart_actor(actor_idx)
+                self.metrics["resubmitted_prompts"] += len(pending.shares[share].prompts)
+                self._send(pending, share, actor_idx)
+        results = [r for k in range(len(pending.shares)) for r in done[k]]
+        for r in results:  # Ray hands numpy arrays back read-only (zero-copy): give callers their own
+            r.logprobs = np.array(r.logprobs, dtype=np.float32)
+        return results
+
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        sampling: SamplingConfig | None = None,
+        *,
+        group_ids: Sequence[int] | None = None,
+    ) -> list[RolloutResult]:
+        """Like `RolloutEngine.generate` over all actors: prompt-major, sample-minor order."""
+        return self.collect(self.submit(prompts, sampling, group_ids=group_ids))
+
+    # ----------------------------------------------------------- weight update
+    def update_weights(self, weights: WeightsLike | bytes) -> dict[str, float]:
+        """Push a full update to every actor (one copy in the object store, shared by all).
+
+        Tensors travel as numpy arrays (`PackedWeights`: zero-copy reads in the actors); safetensors
+        bytes are passed through as they are. The object is kept, so an actor restarted later gets
+        the same weights.
+        """
+        t0 = time.perf_counter()
+        if isinstance(weights, (bytes, bytearray)):
+            payload: PackedWeights | bytes = bytes(weights)
+            size = len(payload)
+        else:
+            named = dict(weights.items()) if isinstance(weights, Mapping) else dict(weights)
+            payload = pack_weights(named)
+            size = sum(a.nbytes for a in payload.arrays.values())
+        t_ser = time.perf_counter()
+        ref = ray.put(payload)
+        timeout = self.engine_config.weight_update_timeout_s
+        refs = [a.update_weights.remote(ref, timeout) for a in self.actors]
+        try:
+            # Small margin over the engine's own timeout, which fires first with a clearer error.
+            stats = ray.get(refs, timeout=timeout * 1.5 + 5.0)
+        except GetTimeoutError as e:
+            raise WeightSyncTimeoutError(
+                f"rollout actors did not finish a weight update within {timeout * 1.5 + 5.0:.0f} s"
+            ) from e
+        self._weights_ref = ref
+        self.metrics["weight_updates"] += 1
+        t1 = time.perf_counter()
+        return {
+            "num_bytes": float(size),
+            "serialize_s": t_ser - t0,
+            "max_actor_load_s": max(s["total_s"] for s in stats),
+            "total_s": t1 - t0,
+        }
+
+    # ------------------------------------------------------------- lifecycle
+    def restart_actor(self, idx: int) -> None:
+        """Replace actor `idx` by a fresh one with the latest weights."""
+        old = self.actors[idx]
+        try:
+            ray.kill(old, no_restart=True)
+        except Exception:  # noqa: BLE001 - it is usually dead already
+            pass
+        new = self._spawn()
+        ray.get(new.ready.remote())
+        if self._weights_ref is not None:
+            ray.get(new.update_weights.remote(self._weights_ref, self.engine_config.weight_update_timeout_s))
+        self.actors[idx] = new
+        self.metrics["actor_restarts"] += 1
+
+    def ready(self) -> list[dict[str, object]]:
+        return ray.get([a.ready.remote() for a in self.actors])
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:  # noqa: BLE001
+                pass
+        self.actors = []
+        self._weights_ref = None
