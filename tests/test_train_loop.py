@@ -74,9 +74,11 @@ def test_quick_run_learns_logs_and_checkpoints(ray_cluster, tmp_path):
 
 
 def test_resume_continues_exactly(ray_cluster, tmp_path):
-    straight = run(tmp_path / "straight", "total_steps=4", "checkpoint.save_every=2")
-    run(tmp_path / "resumed", "total_steps=2", "checkpoint.save_every=2")
-    resumed = run(tmp_path / "resumed", "total_steps=4", "checkpoint.save_every=2")
+    # eval.every=2: the first half of the resumed run evaluates at its last step (2) like the straight one.
+    common = ("checkpoint.save_every=2", "eval.every=2")
+    straight = run(tmp_path / "straight", "total_steps=4", *common)
+    run(tmp_path / "resumed", "total_steps=2", *common)
+    resumed = run(tmp_path / "resumed", "total_steps=4", *common)
     a, b = final_weights(straight), final_weights(resumed)
     assert a.keys() == b.keys()
     for name in a:
