@@ -17,6 +17,7 @@ from cispo.config import TrainConfig, to_dict
 from cispo.data import PromptRow, PromptSampler, encode_prompts, load_data
 from cispo.evaluation.metrics import EvalMetrics
 from cispo.evaluation.runner import evaluate_dataset
+from cispo.placement import bundle, release, reserve
 from cispo.tracking import MetricsLogger
 from cispo.warmstart import warm_start
 from rollout.config import SamplingConfig
@@ -37,10 +38,27 @@ def init_ray(cfg: TrainConfig) -> bool:
     if cfg.ray.address:
         ray.init(address=cfg.ray.address, log_to_driver=True)
     else:
-        ray.init(num_cpus=cfg.ray.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
+        # A local cluster stays on the loopback interface: nothing leaves this machine.
+        # address="local": always a new local cluster, never one another user left running.
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus or os.cpu_count(), include_dashboard=False,
+                 log_to_driver=True, _node_ip_address="127.0.0.1",
                  runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path.cwd()),
                                                                                       os.environ.get("PYTHONPATH")]))}})
     return True
+
+
+def reserve_workers(cfg: TrainConfig) -> dict[str, Any]:
+    """One placement group per worker group (None each when ``ray.placement_strategy`` is null)."""
+    strategy = cfg.ray.placement_strategy
+    if strategy is None:
+        return {"trainer": None, "rollout": None}
+    t, g = cfg.trainer, cfg.rollout.group
+    return {
+        "trainer": reserve("cispo-trainer", bundle(t.num_cpus_per_rank, t.num_gpus_per_rank, t.resources_per_rank),
+                           t.world_size, strategy, cfg.ray.placement_timeout_s),
+        "rollout": reserve("cispo-rollout", bundle(g.num_cpus_per_actor, g.num_gpus_per_actor, g.resources),
+                           g.num_actors, strategy, cfg.ray.placement_timeout_s),
+    }
 
 
 class Components:
@@ -75,9 +93,10 @@ class Components:
         from cispo.trainer.group import TrainerGroup
         from rollout.group import RolloutGroup
 
-        self.trainer = TrainerGroup(cfg.trainer, self.model_path)
+        self.placement_groups = reserve_workers(cfg)
+        self.trainer = TrainerGroup(cfg.trainer, self.model_path, placement_group=self.placement_groups["trainer"])
         engine_cfg = dataclasses.replace(cfg.rollout.engine, model=str(self.model_path))
-        self.rollout = RolloutGroup(engine_cfg, cfg.rollout.group)
+        self.rollout = RolloutGroup(engine_cfg, cfg.rollout.group, placement_group=self.placement_groups["rollout"])
 
         self.start_step, self.elapsed = 0, 0.0
         if state is not None:
@@ -135,6 +154,8 @@ class Components:
                 part.shutdown()
             except Exception:  # noqa: BLE001 - best effort on the way out
                 log.exception("shutdown of %s failed", type(part).__name__)
+        for pg in self.placement_groups.values():
+            release(pg)
         if self.owns_ray:
             import ray
 

@@ -76,6 +76,10 @@ class RayConfig:
     """None: start a local Ray (right-sized for this machine); ``auto`` or ``host:port`` joins a cluster."""
     num_cpus: int | None = None
     """For a local Ray only; None = all cores."""
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] | None = "PACK"
+    """Each worker group (rollout, trainer) is reserved as one placement group with this strategy;
+    None schedules actors one by one."""
+    placement_timeout_s: float = 300.0
 
 
 @dataclass

@@ -156,6 +156,9 @@ class GroupConfig:
     max_restarts_per_call: int = 2
     # Seconds to wait for one actor's share of a generate call; None waits forever.
     generate_timeout_s: float | None = None
+    # Custom Ray resources each actor needs (e.g. {"rollout_node": 1} to pin engines to the nodes
+    # started with `ray start --resources='{"rollout_node": 4}'`).
+    resources: dict[str, float] = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.num_actors < 1:
@@ -172,3 +175,6 @@ class GroupConfig:
             raise ValueError(
                 f"GroupConfig.generate_timeout_s must be None or > 0, got {self.generate_timeout_s}"
             )
+        bad = {k: v for k, v in self.resources.items() if not isinstance(k, str) or not v >= 0}
+        if bad:
+            raise ValueError(f"GroupConfig.resources must map names to amounts >= 0, got {bad}")

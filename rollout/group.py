@@ -64,15 +64,18 @@ def split_evenly(n: int, parts: int) -> list[tuple[int, int]]:
 class RolloutGroup:
     """N `RolloutActor`s; call `ray.init(...)` before creating one."""
 
-    def __init__(self, engine_config: EngineConfig | None = None, group_config: GroupConfig | None = None) -> None:
+    def __init__(self, engine_config: EngineConfig | None = None, group_config: GroupConfig | None = None, *,
+                 placement_group: "ray.util.placement_group.PlacementGroup | None" = None) -> None:
+        """`placement_group`: actor i runs in its bundle i (one bundle per actor, made by the caller)."""
         self.engine_config = engine_config or EngineConfig()
         self.config = group_config or GroupConfig()
         self.engine_config.validate()
         self.config.validate()
+        self.placement_group = placement_group
         self._actor_cls = ray.remote(
             num_cpus=self.config.num_cpus_per_actor, num_gpus=self.config.num_gpus_per_actor
         )(RolloutActor)
-        self.actors = [self._spawn() for _ in range(self.config.num_actors)]
+        self.actors = [self._spawn(i) for i in range(self.config.num_actors)]
         ray.get([a.ready.remote() for a in self.actors])
         self._weights_ref: ray.ObjectRef | None = None
         self.metrics: dict[str, float] = {
@@ -81,8 +84,15 @@ class RolloutGroup:
             "weight_updates": 0,
         }
 
-    def _spawn(self):  # noqa: ANN202 - a Ray actor handle
-        return self._actor_cls.remote(self.engine_config)
+    def _spawn(self, idx: int):  # noqa: ANN202 - a Ray actor handle
+        if self.placement_group is None:
+            options = {"resources": self.config.resources} if self.config.resources else {}
+        else:
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            options = {"scheduling_strategy": PlacementGroupSchedulingStrategy(
+                self.placement_group, placement_group_bundle_index=idx)}
+        return self._actor_cls.options(**options).remote(self.engine_config)
 
     # ---------------------------------------------------------------- generate
     def submit(
@@ -201,7 +211,7 @@ class RolloutGroup:
             ray.kill(old, no_restart=True)
         except Exception:  # noqa: BLE001 - it is usually dead already
             pass
-        new = self._spawn()
+        new = self._spawn(idx)
         ray.get(new.ready.remote())
         if self._weights_ref is not None:
             ray.get(new.update_weights.remote(self._weights_ref, self.engine_config.weight_update_timeout_s))

@@ -1,0 +1,70 @@
+"""The Ray actor around :class:`PolicyWorker`: one process per data-parallel rank.
+
+Created bare, then ``setup(master_addr, master_port)``: the group asks rank 0 for its address first
+(on a multi-node cluster rank 0 may not be on the driver's node).
+"""
+
+from __future__ import annotations
+
+import os
+
+from torch import Tensor
+
+from cispo.trainer import comm
+from cispo.trainer.batch import TrainBatch
+from cispo.trainer.config import TrainerConfig
+
+
+class PolicyActor:
+    """Plain class; :class:`~cispo.trainer.group.TrainerGroup` wraps it with ``ray.remote``."""
+
+    def __init__(self, config: TrainerConfig, model_path: str, rank: int, ref_model_path: str | None = None):
+        self.config = config.validate()
+        self.model_path = model_path
+        self.ref_model_path = ref_model_path
+        self.rank = rank
+        self.worker = None
+
+    def address(self) -> tuple[str, int]:
+        return comm.node_ip(), comm.free_port()
+
+    def setup(self, master_addr: str, master_port: int) -> int:
+        from cispo.trainer.worker import PolicyWorker
+
+        os.environ["MASTER_ADDR"] = master_addr
+        os.environ["MASTER_PORT"] = str(master_port)
+        # Ray gives each actor its own accelerator (CUDA_VISIBLE_DEVICES), so the local index is 0.
+        os.environ["LOCAL_RANK"] = "0"
+        self.worker = PolicyWorker(self.config, self.model_path, rank=self.rank, ref_model_path=self.ref_model_path)
+        return self.worker.threads
+
+    def _ready(self):
+        if self.worker is None:
+            raise RuntimeError("PolicyActor.setup() was not called")
+        return self.worker
+
+    def compute_log_probs(self, batch: TrainBatch) -> Tensor:
+        return self._ready().compute_log_probs(batch)
+
+    def compute_log_probs_and_entropy(self, batch: TrainBatch) -> tuple[Tensor, Tensor]:
+        return self._ready().compute_log_probs_and_entropy(batch)
+
+    def update(self, batch: TrainBatch) -> dict[str, float]:
+        return self._ready().update(batch)
+
+    def export_weights(self) -> dict[str, Tensor] | None:
+        """Collective under ZeRO-3; only rank 0 returns the weights (one copy through Ray)."""
+        weights = self._ready().export_weights()
+        return weights if self.rank == 0 else None
+
+    def training_state(self) -> dict[str, dict[str, Tensor]]:
+        return self._ready().training_state()
+
+    def scheduler_state(self) -> dict[str, float]:
+        return self._ready().scheduler_state()
+
+    def save(self, directory: str) -> None:
+        self._ready().save(directory)
+
+    def load(self, directory: str) -> None:
+        self._ready().load(directory)

@@ -1,0 +1,350 @@
+"""The policy worker: one data-parallel rank of the trainer, a plain class (the Ray actor wraps it).
+
+One ``update(batch)`` = ``ppo_epochs`` passes over the rank's rows, each cut into mini-batches
+(one optimizer step each: what makes CISPO differ from DAPO), each cut into micro-batches by a
+token budget. The loss normaliser of a mini-batch is its GLOBAL count (tokens / sequences / prompt
+groups) summed over micro-batches and ranks, so the update does not depend on how the mini-batch
+was split. DeepSpeed averages gradients over ranks, so each rank back-propagates world_size x its
+share; the sum over ranks is then exactly the gradient of the mini-batch loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from cispo.algorithms import aggregation_count, compute_policy_loss
+from cispo.trainer import comm
+from cispo.trainer.batch import TrainBatch, group_units, plan_micro_batches, split_plan
+from cispo.trainer.config import TrainerConfig
+from cispo.trainer.logprobs import PolicyModel, use_fp32_head
+from cispo.trainer.metrics import DiagnosticsAccumulator, MismatchAccumulator
+from cispo.trainer.optim import build_optimizer, deepspeed_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _StepResult:
+    loss: float
+    finite: bool
+    grad_norm: float | None
+    lr: float
+    applied: bool
+    entropy_sum: float
+    entropy_tokens: float
+
+
+def _model_dir(path: str | os.PathLike) -> Path:
+    p = Path(path).expanduser()
+    if not (p / "config.json").is_file():
+        raise ValueError(f"model_path={str(path)!r} is not a Hugging Face model folder (no config.json)")
+    return p
+
+
+def _set_threads(cfg: TrainerConfig) -> int:
+    threads = cfg.torch_threads or max(1, len(os.sched_getaffinity(0)) // cfg.world_size)
+    torch.set_num_threads(threads)
+    return threads
+
+
+class PolicyWorker:
+    """One rank. ``config.validate()`` runs first, so a bad config fails before any model loads."""
+
+    def __init__(self, config: TrainerConfig, model_path: str | os.PathLike, *, rank: int = 0,
+                 ref_model_path: str | os.PathLike | None = None):
+        config.validate()
+        if not isinstance(rank, int) or not 0 <= rank < config.world_size:
+            raise ValueError(f"rank={rank!r}: expected 0 <= rank < trainer.world_size={config.world_size}")
+        self.config = config
+        self.rank = rank
+        self.model_path = _model_dir(model_path)
+        ref_path = _model_dir(ref_model_path) if ref_model_path is not None else self.model_path
+        self.threads = _set_threads(config)
+        comm.init_process_group(rank, config.world_size)
+        self.device = comm.device()
+        torch.manual_seed(config.seed)
+        self.engine = self._build_engine(self.model_path, train=True)
+        # The frozen reference costs a second model: only GRPO-style KL needs it.
+        self.ref_engine = self._build_engine(ref_path, train=False) if config.kl_coef > 0 else None
+        self.skipped_steps_total = 0
+
+    # ------------------------------------------------------------------ set-up
+    def _build_engine(self, path: Path, *, train: bool):
+        import deepspeed
+        from transformers import AutoModelForCausalLM
+
+        cfg = self.config
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        if train and cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.lm_head_fp32:
+            use_fp32_head(model)
+        policy = PolicyModel(model, cfg.logprob_chunk_size,
+                             sync_chunks=cfg.zero_stage == 3 and cfg.world_size > 1)
+        if not train:
+            policy.requires_grad_(False)
+            engine, *_ = deepspeed.initialize(model=policy, config=deepspeed_config(cfg, train=False),
+                                              dist_init_required=False)
+            engine.eval()
+            return engine
+        optimizer, scheduler = build_optimizer(policy, cfg)
+        engine, *_ = deepspeed.initialize(model=policy, optimizer=optimizer, lr_scheduler=scheduler,
+                                          config=deepspeed_config(cfg), dist_init_required=False)
+        return engine
+
+    @property
+    def hf_model(self) -> torch.nn.Module:
+        """The wrapped transformers model (parameters partitioned under ZeRO-3)."""
+        return self.engine.module.model
+
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps taken (skipped ones included, as DeepSpeed counts them)."""
+        return int(self.engine.global_steps)
+
+    # ------------------------------------------------------------ log-probs
+    @torch.no_grad()
+    def compute_log_probs(self, batch: TrainBatch) -> Tensor:
+        """Per-token log-probs [B, T] (fp32, 0 off ``response_mask``) of this rank's rows."""
+        return self._forward(self.engine, batch, with_entropy=False)[0]
+
+    @torch.no_grad()
+    def compute_log_probs_and_entropy(self, batch: TrainBatch) -> tuple[Tensor, Tensor]:
+        log_probs, entropy = self._forward(self.engine, batch, with_entropy=True)
+        return log_probs, entropy
+
+    @torch.no_grad()
+    def compute_ref_log_probs(self, batch: TrainBatch) -> Tensor:
+        if self.ref_engine is None:
+            raise ValueError("no reference model: it is loaded only when trainer.kl_coef > 0")
+        return self._forward(self.ref_engine, batch, with_entropy=False)[0]
+
+    def _forward(self, engine, batch: TrainBatch, *, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
+        batch.validate()
+        was_training = engine.training
+        engine.eval()
+        units = group_units(batch.group_ids, keep_groups=False)
+        plan = plan_micro_batches(batch.lengths(), units, self.config.micro_batch_max_tokens)
+        # ZeRO-3 all-gathers weights inside every forward: all ranks must run the same number.
+        (target,) = comm.all_max(len(plan))
+        log_probs = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
+        entropy = torch.zeros_like(log_probs) if with_entropy else None
+        for rows in split_plan(plan, units, int(target)):
+            micro = _to(batch.select(rows if rows is not None else [0]).trim(), self.device)
+            lp, ent = engine(micro.input_ids, micro.attention_mask, micro.response_mask, with_entropy)
+            if rows is None:
+                continue
+            index = torch.as_tensor(rows)
+            width = lp.shape[1]
+            log_probs[index, :width] = lp.float().cpu()
+            if entropy is not None:
+                entropy[index, :width] = ent.float().cpu()
+        engine.train(was_training)
+        return log_probs, entropy
+
+    # --------------------------------------------------------------- update
+    def update(self, batch: TrainBatch) -> dict[str, float]:
+        """``ppo_epochs`` x mini-batches optimizer steps on this rank's rows (collective)."""
+        cfg = self.config
+        start = time.perf_counter()
+        batch.validate()
+        local_mini = cfg.mini_batch_size // cfg.world_size
+        rows = len(batch)
+        (most, fewest) = comm.all_max(rows, -rows)
+        if most != -fewest:
+            raise ValueError(f"ranks got different row counts ({int(-fewest)}..{int(most)}); the batch must be "
+                             "split evenly across trainer.world_size ranks")
+        if rows % local_mini:
+            raise ValueError(f"a rank got {rows} rows; trainer.mini_batch_size={cfg.mini_batch_size} / "
+                             f"trainer.world_size={cfg.world_size} = {local_mini} rows per rank must divide it")
+        n_mini = rows // local_mini
+
+        # Without given old log-probs: on-policy (one step) uses the current ones, else recompute.
+        on_policy = batch.old_log_probs is None and cfg.ppo_epochs == 1 and n_mini == 1
+        if batch.old_log_probs is None and not on_policy:
+            batch = replace(batch, old_log_probs=self.compute_log_probs(batch))
+        if cfg.kl_coef > 0 and batch.ref_log_probs is None:
+            batch = replace(batch, ref_log_probs=self.compute_ref_log_probs(batch))
+        mismatch = MismatchAccumulator()
+        if batch.rollout_log_probs is not None and batch.old_log_probs is not None:
+            mismatch.add(batch.old_log_probs, batch.rollout_log_probs, batch.response_mask)
+        token_budget = float(cfg.loss_token_budget or batch.input_ids.shape[1])
+
+        self.engine.train()
+        diagnostics = DiagnosticsAccumulator()
+        results: list[_StepResult] = []
+        empty = 0
+        for epoch in range(cfg.ppo_epochs):
+            for m in range(n_mini):
+                mini = batch.select(slice(m * local_mini, (m + 1) * local_mini))
+                result = self._train_step(mini, token_budget, diagnostics,
+                                          mismatch if on_policy and epoch == 0 else None)
+                if result is None:
+                    empty += 1
+                else:
+                    results.append(result)
+
+        elapsed = time.perf_counter() - start
+        tokens, entropy_sum, entropy_tokens = comm.all_sum(
+            float(batch.attention_mask.sum()) * cfg.ppo_epochs,
+            sum(r.entropy_sum for r in results), sum(r.entropy_tokens for r in results))
+        applied = [r for r in results if r.applied]
+        finite = [r for r in results if r.finite]
+        skipped = len(results) - len(applied)
+        self.skipped_steps_total += skipped
+        norms = [r.grad_norm for r in applied if r.grad_norm is not None]
+        metrics: dict[str, float] = {
+            # Mean mini-batch loss over the steps whose loss was finite on every rank.
+            "loss": sum(r.loss for r in finite) / len(finite) if finite else float("nan"),
+            "grad_norm": sum(norms) / len(norms) if norms else float("nan"),
+            "grad_norm_max": max(norms) if norms else float("nan"),
+            "lr": results[-1].lr if results else float(self.engine.get_lr()[0]),
+            "optimizer_steps": float(len(applied)),
+            "skipped_steps": float(skipped),
+            "skipped_steps_total": float(self.skipped_steps_total),
+            "empty_mini_batches": float(empty),
+            "global_step": float(self.global_step),
+            "perf/update_seconds": elapsed,
+            "perf/tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0,
+        }
+        if cfg.log_entropy and entropy_tokens > 0:
+            metrics["entropy"] = entropy_sum / entropy_tokens
+        metrics.update(diagnostics.result(prefix="policy/"))
+        metrics.update(mismatch.result())
+        return metrics
+
+    def _train_step(self, mini: TrainBatch, token_budget: float, diagnostics: DiagnosticsAccumulator,
+                    mismatch: MismatchAccumulator | None) -> _StepResult | None:
+        """Forward/backward every micro-batch of one mini-batch, then one optimizer step."""
+        cfg = self.config
+        agg = cfg.resolved_agg()
+        (normalizer,) = comm.all_sum(aggregation_count(mini.response_mask, agg, group_ids=mini.group_ids))
+        if normalizer == 0:
+            return None
+        units = group_units(mini.group_ids, keep_groups=agg == "prompt-mean")
+        plan = plan_micro_batches(mini.lengths(), units, cfg.micro_batch_max_tokens)
+        (target,) = comm.all_max(len(plan))
+        local_loss, nonfinite, entropy_sum, entropy_tokens = 0.0, False, 0.0, 0.0
+        for rows in split_plan(plan, units, int(target)):
+            micro = _to(mini.select(rows if rows is not None else [0]).trim(), self.device)
+            log_probs, entropy = self.engine(micro.input_ids, micro.attention_mask, micro.response_mask,
+                                             cfg.log_entropy)
+            mask = micro.response_mask
+            if rows is None:
+                # A padding pass so every rank runs as many backward passes (ZeRO-2/3 reduce in them).
+                loss = log_probs.sum() * 0.0
+            elif not bool(torch.isfinite(log_probs[mask.bool()]).all()):
+                nonfinite = True
+                loss = log_probs.sum() * float("nan")  # NaN gradients: DeepSpeed / GuardedAdamW skip the step
+            else:
+                old = micro.old_log_probs if micro.old_log_probs is not None else log_probs.detach()
+                if mismatch is not None and micro.rollout_log_probs is not None:
+                    mismatch.add(log_probs.detach(), micro.rollout_log_probs, mask)
+                loss, metrics = compute_policy_loss(
+                    cfg.loss, log_probs, old, micro.advantages, mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
+                    agg=cfg.agg, ref_log_probs=micro.ref_log_probs, kl_coef=cfg.kl_coef,
+                    kl_estimator=cfg.kl_estimator,
+                    rollout_log_probs=micro.rollout_log_probs if cfg.tis_cap is not None else None,
+                    tis_cap=cfg.tis_cap, normalizer=normalizer, token_budget=token_budget,
+                    group_ids=micro.group_ids, **cfg.loss_options)
+                if not bool(torch.isfinite(loss)):
+                    nonfinite = True
+                    loss = loss * float("nan")
+                else:
+                    local_loss += float(loss.detach())
+                    diagnostics.add(metrics)
+                if entropy is not None:
+                    entropy_sum += float((entropy * mask).sum())
+                    entropy_tokens += float(mask.sum())
+            self.engine.backward(loss * cfg.world_size)
+        lr = float(self.engine.get_lr()[0])
+        self.engine.step()
+        applied = bool(self.engine.was_step_applied())
+        (any_nonfinite,) = comm.all_max(float(nonfinite))
+        if any_nonfinite and applied:
+            raise RuntimeError("a non-finite loss reached an applied optimizer step; DeepSpeed did not skip it")
+        if not applied:
+            log.warning("rank %d: optimizer step %d skipped (non-finite %s); weights unchanged", self.rank,
+                        self.global_step, "loss" if any_nonfinite else "gradient")
+        (loss_sum,) = comm.all_sum(local_loss)
+        norm = self.engine.get_global_grad_norm()
+        return _StepResult(loss=loss_sum, finite=not any_nonfinite, grad_norm=None if norm is None else float(norm),
+                           lr=lr, applied=applied, entropy_sum=entropy_sum, entropy_tokens=entropy_tokens)
+
+    # -------------------------------------------------------------- weights
+    def export_weights(self) -> dict[str, Tensor]:
+        """The full state dict in HF names, on CPU (gathered under ZeRO-3; collective there).
+
+        With tied embeddings ``lm_head.weight`` is included: vLLM keeps a wrong head without it."""
+        import deepspeed
+
+        model = self.hf_model
+        gather = (deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+                  if self.config.zero_stage == 3 else nullcontext())
+        with gather:
+            state = {name: t.detach().to("cpu", copy=True).contiguous() for name, t in model.state_dict().items()}
+        head = model.get_output_embeddings()
+        head_key = next((n + ".weight" for n, mod in model.named_modules() if mod is head), None)
+        if head_key is not None and head_key not in state:  # a tied head under another name only
+            source = next(n for n, p in model.named_parameters() if p is head.weight)
+            state[head_key] = state[source].clone()
+        return state
+
+    def training_state(self) -> dict[str, dict[str, Tensor]]:
+        """fp32 master weights and Adam moments per parameter name (collective under ZeRO-3);
+        for checking that a resume is exact."""
+        from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+        out: dict[str, dict[str, Tensor]] = {}
+        opt = self.engine.optimizer
+        fp32_of = {}
+        if self.config.zero_stage == 0 and hasattr(opt, "fp32_groups"):  # bf16 ZeRO-0 keeps fp32 copies
+            for low, high in zip(opt.fp16_groups, opt.fp32_groups):
+                fp32_of.update({id(p): q for p, q in zip(low, high)})
+        base = getattr(opt, "optimizer", opt)
+        if hasattr(opt, "_lazy_init_hp_params_optimizer_state") and base.state:
+            # DeepSpeed links Adam moments to parameters after the first param group's first step,
+            # before torch lazily creates the other groups' state (and a load replaces it): relink.
+            opt._hp_optimizer_states_linked = False
+            opt._lazy_init_hp_params_optimizer_state()
+        for name, p in self.hf_model.named_parameters():
+            master = safe_get_full_fp32_param(p)
+            if master is not None:
+                entry = {"param": master}
+                entry.update({k: safe_get_full_optimizer_state(p, k) for k in ("exp_avg", "exp_avg_sq")})
+            else:
+                q = fp32_of.get(id(p), p)
+                state = base.state.get(q, {})
+                entry = {"param": q.detach()}
+                entry.update({k: state[k] for k in ("exp_avg", "exp_avg_sq") if k in state})
+            out[name] = {k: v.detach().float().cpu().clone() for k, v in entry.items() if v is not None}
+        return out
+
+    def scheduler_state(self) -> dict[str, float]:
+        sched = self.engine.lr_scheduler
+        return {"last_epoch": float(sched.last_epoch), "lr": float(self.engine.get_lr()[0]),
+                "global_step": float(self.global_step)}
+
+    def save(self, directory: str | os.PathLike) -> None:
+        from cispo.trainer.checkpoint import save_worker
+
+        save_worker(self, directory)
+
+    def load(self, directory: str | os.PathLike) -> None:
+        from cispo.trainer.checkpoint import load_worker
+
+        load_worker(self, directory)
+
+
+def _to(batch: TrainBatch, device: torch.device) -> TrainBatch:
+    if device.type == "cpu":
+        return batch
+    return replace(batch, **{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in vars(batch).items()})
