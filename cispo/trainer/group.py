@@ -64,8 +64,7 @@ class TrainerGroup:
         self.config = config.validate()
         if not ray.is_initialized():
             raise RuntimeError("TrainerGroup needs a running Ray cluster: call ray.init() first")
-        remote = ray.remote(PolicyActor).options(num_cpus=config.num_cpus_per_rank,
-                                                 num_gpus=config.num_gpus_per_rank)
+        remote = ray.remote(num_cpus=config.num_cpus_per_rank, num_gpus=config.num_gpus_per_rank)(PolicyActor)
 
         def placed(rank: int):  # noqa: ANN202 - a Ray actor class with options
             if placement_group is not None:
