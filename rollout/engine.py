@@ -309,6 +309,12 @@ class RolloutEngine:
             core.shutdown()
         del llm
         gc.collect()  # run vLLM's finalizers now, not while a later engine is alive
+        if not self.config.multiprocessing:
+            # The in-process engine made this process's torch.distributed group: tear it down so a
+            # later engine or a DeepSpeed worker in the same process starts from a clean state.
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+            cleanup_dist_env_and_memory()
 
 
 def _sampled_logprobs(lp: Any, tokens: list[int]) -> np.ndarray:
