@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
@@ -28,8 +30,13 @@ def _main(raw: DictConfig) -> None:
     from cispo.config import ConfigError, load_config
     from cispo.loop import train
 
+    data = OmegaConf.to_container(raw, resolve=True)
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        # Each job of a sweep lives in its own numbered folder of the sweep (what cispo.compare reads).
+        data["run_dir"] = hydra_cfg.runtime.output_dir
     try:
-        cfg = load_config(OmegaConf.to_container(raw, resolve=True))
+        cfg = load_config(data)
     except ConfigError as err:
         log.error("invalid configuration: %s", err)
         raise SystemExit(2) from None

@@ -149,3 +149,21 @@ def test_sigterm_during_a_step_checkpoints_and_exits(tmp_path):
     last = steps[-1]
     assert 1 <= last < 50
     assert (run_dir / "checkpoints" / f"step_{last:08d}").is_dir()
+
+
+def test_multirun_sweep_feeds_the_comparison_report(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run([sys.executable, "-m", "cispo.train", "-m", "experiment=quick", "logger=disabled",
+                           "algorithm=cispo,dapo", "total_steps=1", "eval.at_start=false",
+                           f"hydra.sweep.dir={sweep}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == ["0_cispo_s0", "1_dapo_s0"]
+    for job in jobs:
+        assert [r["step"] for r in read_metrics(sweep / job / "metrics.jsonl")] == [1]
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "cispo.compare", str(sweep), "--out", str(out), "--no-plots"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = (out / "report.md").read_text()
+    assert "cispo" in report and "dapo" in report
