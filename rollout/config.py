@@ -33,6 +33,11 @@ class EngineConfig:
     # "truncate_left" (keep the last tokens; the result records how many were dropped).
     prompt_overflow: str = "error"
     max_num_seqs: int = 256
+    # Chunked prefill off: with it, vLLM 0.32's CPU path crashes on seeded requests whose prefill is
+    # split across steps ("CPU Generator does not use offset"). Whole prefills need a token budget
+    # of at least max_model_len; the engine uses max(max_num_batched_tokens, max_model_len).
+    enable_chunked_prefill: bool = False
+    max_num_batched_tokens: int = 8192
     enforce_eager: bool = True
     enable_prefix_caching: bool = True
     logprobs_mode: str = "raw_logprobs"

@@ -81,6 +81,8 @@ class RolloutEngine:
             seed=self.config.seed,
             max_model_len=self.config.max_model_len,
             max_num_seqs=self.config.max_num_seqs,
+            enable_chunked_prefill=self.config.enable_chunked_prefill,
+            max_num_batched_tokens=max(self.config.max_num_batched_tokens, self.config.max_model_len),
             enforce_eager=self.config.enforce_eager,
             enable_prefix_caching=self.config.enable_prefix_caching,
             logprobs_mode=self.config.logprobs_mode,
