@@ -1,3 +1,5 @@
+# Named to run after the other trainer tests: the in-process vLLM engine leaves DeepSpeed's communication
+# backend bound to a torch.distributed group it tears down, so in-process PolicyWorkers created after it fail.
 """Trainer -> vLLM weight sync: after ``export_weights`` -> ``RolloutEngine.update_weights``, the
 log-probs vLLM reports for its own samples equal the trainer's recomputation (fp32, tied head,
 ZeRO-3 gathered weights)."""
