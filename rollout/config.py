@@ -6,11 +6,13 @@ Every default lives here; `validate()` turns a bad value into a ValueError namin
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 LOGPROBS_MODES = ("raw_logprobs", "processed_logprobs")
 PROMPT_OVERFLOW = ("error", "truncate_left")
+_CPU_IDS = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*(\|\d+(-\d+)?(,\d+(-\d+)?)*)*")
 
 
 @dataclass
@@ -42,7 +44,8 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     logprobs_mode: str = "raw_logprobs"
     # CPU backend: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE) and OpenMP binding
-    # (VLLM_CPU_OMP_THREADS_BIND: "auto", "nobind" or core ids such as "0-1").
+    # (VLLM_CPU_OMP_THREADS_BIND: "auto", "nobind", core ids such as "0-1", or "all": every core
+    # this process may use; "auto" reserves one core for a scheduler process, i.e. 1 of 2 here).
     kv_cache_space_gib: int = 1
     omp_threads_bind: str = "auto"
     # Torch intra-op threads of the engine process; 0 leaves vLLM's choice (1 thread while serving).
@@ -78,6 +81,11 @@ class EngineConfig:
             raise ValueError(f"EngineConfig.kv_cache_space_gib must be >= 1, got {self.kv_cache_space_gib}")
         if self.num_threads < 0:
             raise ValueError(f"EngineConfig.num_threads must be >= 0, got {self.num_threads}")
+        if self.omp_threads_bind not in ("auto", "nobind", "all") and not _CPU_IDS.fullmatch(self.omp_threads_bind):
+            raise ValueError(
+                "EngineConfig.omp_threads_bind must be 'auto', 'nobind', 'all' or core ids like '0-3' or "
+                f"'0,2|1,3' (one list per rank), got {self.omp_threads_bind!r}"
+            )
         if self.tensor_parallel_size < 1:
             raise ValueError(
                 f"EngineConfig.tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}"

@@ -38,11 +38,20 @@ class PromptTooLongError(ValueError):
     """A prompt does not fit in max_model_len (with room for one generated token)."""
 
 
+def omp_bind_list(bind: str) -> str:
+    """vLLM's "auto" keeps one core per engine for a scheduler process, which an in-process engine
+    does not have: on 2 cores it decodes on ONE thread. "all" binds every core this process may
+    use (the trainer is idle while the engine generates: the phases take turns)."""
+    if bind != "all":
+        return bind
+    return ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+
+
 def apply_engine_env(config: EngineConfig) -> None:
     """Set the vLLM / OpenMP environment of this process; must run before the engine starts."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if config.multiprocessing else "0"
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(config.kv_cache_space_gib)
-    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = config.omp_threads_bind
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = omp_bind_list(config.omp_threads_bind)
     if config.num_threads > 0:
         os.environ["OMP_NUM_THREADS"] = str(config.num_threads)
         torch.set_num_threads(config.num_threads)

@@ -7,12 +7,14 @@ generation run checked by plain Python loops; never from the code under test.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
 import torch
 
 from rollout.config import EngineConfig, SamplingConfig
+from rollout.engine import omp_bind_list
 from rollout.models import prepare_model
 from rollout.repetition import repetition_cut
 from rollout.weight_sync import ExpectedWeights, to_safetensors_bytes
@@ -85,6 +87,17 @@ def test_config_validation():
         EngineConfig(logprobs_mode="raw_logits").validate()
     with pytest.raises(ValueError, match="EngineConfig.model_seed"):
         EngineConfig(model_seed=-1).validate()
+    with pytest.raises(ValueError, match="EngineConfig.omp_threads_bind.*'0-1,x'"):
+        EngineConfig(omp_threads_bind="0-1,x").validate()
+    for ok in ("auto", "nobind", "all", "0-1", "0,2|1,3"):
+        EngineConfig(omp_threads_bind=ok).validate()
+
+
+def test_omp_bind_all_lists_this_process_cores(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3, 0, 5})
+    assert omp_bind_list("all") == "0,3,5"
+    assert omp_bind_list("auto") == "auto"
+    assert omp_bind_list("1-2") == "1-2"
 
 
 # ------------------------------------------------------------------ real engine
