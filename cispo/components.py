@@ -138,7 +138,7 @@ class Components:
         assert self.resume_from is not None
         log.info("resuming from %s (step %d)", self.resume_from, state["step"])
         self.trainer.load(self.resume_from / TRAINER_DIR)
-        self.rollout.update_weights(self.trainer.export_weights())
+        self.rollout.update_weights(self.trainer.export_weights_ref())
         self.sampler.load_state_dict(state["sampler"])
         restore_rng_state(state["rng"])
         self.start_step, self.elapsed = int(state["step"]), float(state["elapsed"])

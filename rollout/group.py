@@ -167,23 +167,31 @@ class RolloutGroup:
         return self.collect(self.submit(prompts, sampling, group_ids=group_ids))
 
     # ----------------------------------------------------------- weight update
-    def update_weights(self, weights: WeightsLike | bytes) -> dict[str, float]:
+    def update_weights(self, weights: WeightsLike | bytes | tuple[ray.ObjectRef, int]) -> dict[str, float]:
         """Push a full update to every actor (one copy in the object store, shared by all).
+
+        ``(ObjectRef, num_bytes)`` of a ``PackedWeights`` already in the object store (what
+        ``TrainerGroup.export_weights_ref`` returns) is forwarded as is: no copy through this process.
 
         Tensors travel as numpy arrays (`PackedWeights`: zero-copy reads in the actors); safetensors
         bytes are passed through as they are. The object is kept, so an actor restarted later gets
         the same weights.
         """
         t0 = time.perf_counter()
-        if isinstance(weights, (bytes, bytearray)):
-            payload: PackedWeights | bytes = bytes(weights)
-            size = len(payload)
+        if isinstance(weights, tuple) and len(weights) == 2 and isinstance(weights[0], ray.ObjectRef):
+            # Already in the object store (the trainer put it there): forward the reference.
+            ref, size = weights
+            t_ser = t0
         else:
-            named = dict(weights.items()) if isinstance(weights, Mapping) else dict(weights)
-            payload = pack_weights(named)
-            size = sum(a.nbytes for a in payload.arrays.values())
-        t_ser = time.perf_counter()
-        ref = ray.put(payload)
+            if isinstance(weights, (bytes, bytearray)):
+                payload: PackedWeights | bytes = bytes(weights)
+                size = len(payload)
+            else:
+                named = dict(weights.items()) if isinstance(weights, Mapping) else dict(weights)
+                payload = pack_weights(named)
+                size = sum(a.nbytes for a in payload.arrays.values())
+            t_ser = time.perf_counter()
+            ref = ray.put(payload)
         timeout = self.engine_config.weight_update_timeout_s
         refs = [a.update_weights.remote(ref, timeout) for a in self.actors]
         try:

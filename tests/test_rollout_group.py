@@ -105,10 +105,19 @@ def test_weight_update_across_processes(group, new_model):
     assert [i["weight_version"] for i in group.ready()] == [2, 2]
     res = group.generate(PROMPTS, s)
     assert _max_diff_vs_hf(res, new_model) <= 1e-4  # both actors' shares
+    # A reference already in the object store (the trainer's path) is forwarded without a copy here.
+    import ray
+
+    from rollout.weight_sync import pack_weights
+
+    stats = group.update_weights((ray.put(pack_weights(sd)), 123))
+    assert stats["num_bytes"] == 123 and stats["serialize_s"] == 0.0
+    assert [i["weight_version"] for i in group.ready()] == [3, 3]
+    assert _max_diff_vs_hf(group.generate(PROMPTS, s), new_model) <= 1e-4
     bad = dict(sd, **{"lm_head.bias": torch.zeros(3)})
     with pytest.raises(ValueError, match="lm_head.bias"):
         group.update_weights(bad)
-    assert [i["weight_version"] for i in group.ready()] == [2, 2]
+    assert [i["weight_version"] for i in group.ready()] == [3, 3]
 
 
 @pytest.mark.slow
@@ -124,8 +133,8 @@ def test_actor_death_mid_batch_loses_nothing(group, new_model):
     assert group.metrics["actor_restarts"] == 1
     assert group.metrics["resubmitted_prompts"] == 3
     info = group.ready()
-    # A fresh actor that loaded the latest weights once (the survivor has had two updates).
-    assert info[0]["pid"] != old_pid and info[0]["weight_version"] == 1 and info[1]["weight_version"] == 2
+    # A fresh actor that loaded the latest weights once (the survivor has had three updates).
+    assert info[0]["pid"] != old_pid and info[0]["weight_version"] == 1 and info[1]["weight_version"] == 3
     assert [r.group_id for r in res] == [r.group_id for r in reference]
     # Same seeds and same (updated) weights: the replacement reproduces the lost share exactly.
     assert [r.response_ids for r in res] == [r.response_ids for r in reference]

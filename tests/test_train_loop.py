@@ -66,6 +66,8 @@ def test_quick_run_learns_logs_and_checkpoints(ray_cluster, tmp_path):
                     "time/sync", "actor/grad_norm"):
             assert key in r, key
         assert r["actor/dropped_token_frac"] == 0.0  # CISPO never drops a token's gradient
+    for r in records[2:]:  # sampled by vLLM after a weight sync: vLLM's log-probs are the trainer's
+        assert r["actor/mismatch/logprob_abs_diff_max"] < 1e-3, r["actor/mismatch/logprob_abs_diff_max"]
     saved = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert "step_00000003" in saved and "latest" in saved
     state = json.loads((run_dir / "checkpoints" / "step_00000003" / "trainer_state.json").read_text())

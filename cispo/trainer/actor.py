@@ -57,6 +57,18 @@ class PolicyActor:
         weights = self._ready().export_weights()
         return weights if self.rank == 0 else None
 
+    def export_weights_packed(self) -> tuple[object, int]:
+        """Like :meth:`export_weights`, as numpy arrays for the rollout actors to read zero-copy from
+        Ray's object store (rank 0; None elsewhere), with their size in bytes. Called with
+        ``num_returns=2`` the weights never pass through the driver: it forwards the reference."""
+        from rollout.weight_sync import pack_weights
+
+        weights = self._ready().export_weights()
+        if self.rank != 0:
+            return None, 0
+        packed = pack_weights(weights)
+        return packed, sum(a.nbytes for a in packed.arrays.values())
+
     def training_state(self) -> dict[str, dict[str, Tensor]]:
         return self._ready().training_state()
 

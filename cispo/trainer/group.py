@@ -102,6 +102,15 @@ class TrainerGroup:
     def export_weights(self) -> dict[str, Tensor]:
         return self._all("export_weights")[0]
 
+    def export_weights_ref(self) -> tuple[object, int]:
+        """A Ray ObjectRef to rank 0's weights as ``PackedWeights`` and their size in bytes: what
+        ``RolloutGroup.update_weights`` takes without fetching the weights into this process."""
+        import ray
+
+        pairs = [a.export_weights_packed.options(num_returns=2).remote() for a in self.actors]
+        sizes = ray.get([size for _, size in pairs])  # waits for every rank (collective under ZeRO-3)
+        return pairs[0][0], sizes[0]
+
     def save(self, directory: str | os.PathLike) -> None:
         self._all("save", str(directory))
 
