@@ -52,8 +52,11 @@ def load() -> str:
     return f"{os.getloadavg()[0]:.1f}"
 
 
+BIND = "auto"  # --bind: the engine's OpenMP binding ("all" = every core; "auto" keeps one for a scheduler)
+
+
 def engine_config(model: str, dtype: str, threads: int) -> EngineConfig:
-    return EngineConfig(model=model, dtype=dtype, max_model_len=512, num_threads=threads)
+    return EngineConfig(model=model, dtype=dtype, max_model_len=512, num_threads=threads, omp_threads_bind=BIND)
 
 
 # ------------------------------------------------------------------------------ throughput
@@ -199,7 +202,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads of every engine / HF run")
     ap.add_argument("--group-actors", default="1,2")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--bind", default="auto", help="engine OpenMP binding: auto, all, or core ids")
+    ap.add_argument("--smollm2-prompts", type=int, default=SIZES["smollm2-135m"]["prompts"],
+                    help="SmolLM2 batch (prompts) for vLLM and transformers")
+    ap.add_argument("--smollm2-tokens", type=int, default=SIZES["smollm2-135m"]["tokens"])
     args = ap.parse_args()
+    global BIND
+    BIND = args.bind
+    SIZES["smollm2-135m"].update(prompts=args.smollm2_prompts, hf_prompts=args.smollm2_prompts,
+                                 tokens=args.smollm2_tokens)
     stages = set(args.stages.split(","))
     models = args.models.split(",")
     variants = [v for v in VARIANTS if v[0] in models]
