@@ -18,7 +18,7 @@ Each run is a fresh process; sides alternate, ``--reps`` times; the first step o
 allocator warm-up) and the last one (final eval + checkpoint) are not counted. Reported: the median
 step time per side and the ratio ours / TRL (goal <= 0.5).
 
-    .venv/bin/python benchmarks/bench_step_vs_trl.py                    # smollm2 and tiny
+    .venv/bin/python benchmarks/bench_step_vs_trl.py                    # every setting
     .venv/bin/python benchmarks/bench_step_vs_trl.py --models tiny --reps 1
 """
 
@@ -37,11 +37,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULT = HERE / "results" / "step_vs_trl.md"
+STORE = HERE / "results" / "step_vs_trl.json"  # rows of every setting measured; a run replaces its own
 TRL_PYTHON = ROOT / ".venv-trl" / "bin" / "python"
 
 # The job on each side, as train-config overrides (the default job's setting; tiny = the smoke preset).
 MODELS = {
     "smollm2": ["experiment=default"],
+    # Long responses: no warm start, so the instruct model writes until the 128-token cap (the regime
+    # of reasoning RL, where generation dominates the step).
+    "smollm2-long": ["experiment=default", "model.warmstart.steps=0", "rollout.sampling.max_tokens=128"],
     "tiny": ["experiment=quick", "prompts_per_step=8", "group_size=4", "trainer.mini_batch_size=8"],
 }
 # What makes our run a pure step-time measurement with TRL's semantics.
@@ -171,7 +175,7 @@ def trl_worker(out: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["smollm2", "tiny"], choices=sorted(MODELS))
+    parser.add_argument("--models", nargs="+", default=["smollm2", "smollm2-long", "tiny"], choices=sorted(MODELS))
     parser.add_argument("--steps", type=int, default=5, help="steps per run (first and last not counted)")
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=sorted(VARIANTS))
@@ -206,9 +210,11 @@ def main() -> int:
         for side in args.variants:
             ours = statistics.median(times[side])
             ph = {k: statistics.median(p[k] for p in phases[side]) for k in phases[side][0]}
-            rows.append((model, side, ours, trl, ph, len(times[side]), len(times["trl"]),
-                         mean_quality(quality[side]), mean_quality(quality["trl"])))
-    write_result(rows, args)
+            rows.append({"model": model, "side": side, "ours": ours, "trl": trl, "phases": ph,
+                         "counted": f"{len(times[side])}/{len(times['trl'])}", "q_ours": mean_quality(quality[side]),
+                         "q_trl": mean_quality(quality["trl"]), "load": round(os.getloadavg()[0], 1),
+                         "command": f"--models {model} --steps {args.steps} --reps {args.reps}"})
+    write_result(rows)
     return 0
 
 
@@ -216,22 +222,31 @@ def mean_quality(pairs: list[tuple[float, float]]) -> str:
     return f"{statistics.mean(p[0] for p in pairs):.2f} / {statistics.mean(p[1] for p in pairs):.1f}"
 
 
-def write_result(rows: list, args: argparse.Namespace) -> None:
-    load = os.getloadavg()[0]
+def write_result(rows: list[dict]) -> None:
+    stored = json.loads(STORE.read_text()) if STORE.exists() else []
+    fresh = {(r["model"], r["side"]) for r in rows}
+    rows = [r for r in stored if (r["model"], r["side"]) not in fresh] + rows
+    rows.sort(key=lambda r: (list(MODELS).index(r["model"]), r["side"]))
+    STORE.parent.mkdir(parents=True, exist_ok=True)
+    STORE.write_text(json.dumps(rows, indent=1) + "\n")
     lines = ["## End-to-end RL step vs TRL GRPOTrainer(loss_type=\"cispo\")", "",
-             f"`.venv/bin/python benchmarks/bench_step_vs_trl.py --models {' '.join(args.models)} --steps {args.steps} "
-             f"--reps {args.reps}` (load average at the end {load:.1f}). Same model, prompts, G, max new tokens, "
-             "mini-batches (4 optimizer steps per rollout batch), AdamW settings, fp32, CISPO with the same "
-             "weight cap; TRL generates with transformers `generate` (TRL's CPU path), we with vLLM. "
-             "Median seconds per RL step over the counted steps (first and last step of each run excluded).", "",
-             "Reward / response tokens: mean training reward and median mean response length per side (a check that "
-             "both sides do the same work).", "",
-             "| model | ours | ours s/step | TRL s/step | ratio ours/TRL (goal <= 0.5) | our phases (median s) | steps counted (ours/TRL) | reward / tokens, ours | reward / tokens, TRL |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for model, side, ours, trl, ph, n_ours, n_trl, q_ours, q_trl in rows:
-        phase_text = ", ".join(f"{k} {v:.1f}" for k, v in sorted(ph.items(), key=lambda kv: -kv[1]) if v >= 0.05)
-        lines.append(f"| {model} | {side} | {ours:.2f} | {trl:.2f} | **{ours / trl:.2f}** | {phase_text} | {n_ours}/{n_trl} | {q_ours} | {q_trl} |")
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
+             "`.venv/bin/python benchmarks/bench_step_vs_trl.py <options in the table>`. Same model, prompts, G = 4, "
+             "max new tokens, mini-batches (8 prompts x 4 = 32 responses, 4 optimizer steps per rollout batch), "
+             "AdamW settings, fp32, CISPO with the same weight cap; TRL generates with transformers `generate` "
+             "(TRL's CPU path), we with vLLM. Median seconds per RL step over the counted steps (first and last "
+             "step of each run excluded). `smollm2`: the default job's setting (warm-started, answers of ~8 "
+             "tokens, cap 32); `smollm2-long`: no warm start, responses run to the 128-token cap; `tiny`: the "
+             "smoke-test model. `ours-1-thread-vllm`: our engine on one core (vLLM's `auto` binding, the "
+             "setting before the change).", "",
+             "Reward / tokens: mean training reward and median mean response length per side (both sides do "
+             "the same work).", "",
+             "| setting | ours | ours s/step | TRL s/step | ratio ours/TRL (goal <= 0.5) | our phases (median s) "
+             "| steps counted (ours/TRL) | reward / tokens, ours | reward / tokens, TRL | options | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        phase_text = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["phases"].items(), key=lambda kv: -kv[1]) if v >= 0.05)
+        lines.append(f"| {r['model']} | {r['side']} | {r['ours']:.2f} | {r['trl']:.2f} | **{r['ours'] / r['trl']:.2f}** "
+                     f"| {phase_text} | {r['counted']} | {r['q_ours']} | {r['q_trl']} | `{r['command']}` | {r['load']} |")
     RESULT.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
