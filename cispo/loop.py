@@ -40,17 +40,19 @@ def sampling_seed(run_seed: int, step: int, round_index: int) -> int:
     return (run_seed * 1_000_003 + step * 1_009 + round_index * 7_919) % (2**31 - 1)
 
 
-def generate_groups(c: Components, step: int, round_index: int, num_prompts: int) -> list[Group]:
+def generate_groups(c: Components, step: int, round_index: int, num_prompts: int, timer: PhaseTimer) -> list[Group]:
     rows = c.sampler.sample(num_prompts)
     sampling = c.train_sampling(sampling_seed(c.cfg.seed, step, round_index))
-    results = c.rollout.generate(c.encode(rows), sampling)
+    with timer.phase("generate"):
+        results = c.rollout.generate(c.encode(rows), sampling)
     n = sampling.n
-    rewards, verdicts = score_rollouts([row for row in rows for _ in range(n)], results, c.cfg.reward)
+    with timer.phase("score"):
+        rewards, verdicts = score_rollouts([row for row in rows for _ in range(n)], results, c.cfg.reward)
     return [Group(results[i * n:(i + 1) * n], rewards[i * n:(i + 1) * n], verdicts[i * n:(i + 1) * n])
             for i in range(len(rows))]
 
 
-def collect_groups(c: Components, step: int) -> tuple[list[Group], dict[str, float]]:
+def collect_groups(c: Components, step: int, timer: PhaseTimer) -> tuple[list[Group], dict[str, float]]:
     """G responses per prompt, over several rounds when dynamic sampling drops zero-variance groups,
     until ``prompts_per_step`` groups are kept or ``max_gen_rounds`` is hit (then: what we have)."""
     cfg = c.cfg
@@ -58,7 +60,7 @@ def collect_groups(c: Components, step: int) -> tuple[list[Group], dict[str, flo
     generated: list[Group] = []
     for round_index in range(cfg.algorithm.max_gen_rounds):
         wanted = cfg.prompts_per_step if round_index == 0 else math.ceil(collector.missing * cfg.algorithm.oversample)
-        groups = generate_groups(c, step, round_index, wanted)
+        groups = generate_groups(c, step, round_index, wanted, timer)
         generated += groups
         collector.add(groups, [g.rewards for g in groups])
         if collector.full:
@@ -112,8 +114,7 @@ def train(cfg: TrainConfig) -> Path:
         for step in range(c.start_step + 1, cfg.total_steps + 1):
             timer = PhaseTimer(elapsed=c.elapsed)
             timer.start_step()
-            with timer.phase("generate"):
-                groups, metrics = collect_groups(c, step)
+            groups, metrics = collect_groups(c, step, timer)
             if groups:
                 metrics |= train_on_groups(c, groups, timer)
             last = step == cfg.total_steps

@@ -62,7 +62,7 @@ def test_quick_run_learns_logs_and_checkpoints(ray_cluster, tmp_path):
     assert [r["step"] for r in records] == [0, 1, 2, 3]
     assert "eval/heldout/avg@2" in records[0] and "eval/heldout/avg@2" in records[-1]
     for r in records[1:]:
-        for key in ("reward/mean", "actor/loss", "actor/dropped_token_frac", "time/generate", "time/update",
+        for key in ("reward/mean", "actor/loss", "actor/dropped_token_frac", "time/generate", "time/score", "time/update",
                     "time/sync", "actor/grad_norm"):
             assert key in r, key
         assert r["actor/dropped_token_frac"] == 0.0  # CISPO never drops a token's gradient
