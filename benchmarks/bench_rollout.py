@@ -202,6 +202,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads of every engine / HF run")
     ap.add_argument("--group-actors", default="1,2")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--dtypes", default="float32,bfloat16", help="engine dtypes to run")
     ap.add_argument("--bind", default="auto", help="engine OpenMP binding: auto, all, or core ids")
     ap.add_argument("--smollm2-prompts", type=int, default=SIZES["smollm2-135m"]["prompts"],
                     help="SmolLM2 batch (prompts) for vLLM and transformers")
@@ -213,7 +214,7 @@ def main() -> None:
                                  tokens=args.smollm2_tokens)
     stages = set(args.stages.split(","))
     models = args.models.split(",")
-    variants = [v for v in VARIANTS if v[0] in models]
+    variants = [v for v in VARIANTS if v[0] in models and v[1] in args.dtypes.split(",")]
     msgs = prompts(max(z["prompts"] for z in SIZES.values()))
     tput: list[str] = []
     upd: list[str] = []
