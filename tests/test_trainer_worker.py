@@ -258,3 +258,15 @@ def test_uneven_rank_batch_names_the_keys(tiny, vocab):
     worker = PolicyWorker(TrainerConfig(zero_stage=0, precision="fp32", batch_size=8, mini_batch_size=4), tiny)
     with pytest.raises(ValueError, match=r"trainer\.mini_batch_size"):
         worker.update(_batch(vocab, rows=6))
+
+
+def test_padding_fraction_counts_the_padded_positions(tiny, vocab):
+    """One micro-batch per mini-batch (large token budget): each is trimmed to its longest row, so the
+    padding share is 1 - real tokens / (rows x longest row), summed over the two mini-batches."""
+    batch = _batch(vocab)
+    cfg = TrainerConfig(zero_stage=0, precision="fp32", batch_size=8, mini_batch_size=4, micro_batch_max_tokens=4096)
+    metrics = PolicyWorker(cfg, tiny).update(batch)
+    lengths = batch.attention_mask.sum(1)
+    padded = sum(4 * int(lengths[i:i + 4].max()) for i in (0, 4))
+    assert int(lengths.min()) < int(lengths.max())  # the batch does have padding
+    assert metrics["perf/padding_frac"] == pytest.approx(1 - int(lengths.sum()) / padded)

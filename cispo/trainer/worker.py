@@ -40,6 +40,8 @@ class _StepResult:
     applied: bool
     entropy_sum: float
     entropy_tokens: float
+    real_tokens: float = 0.0
+    padded_tokens: float = 0.0
 
 
 def _model_dir(path: str | os.PathLike) -> Path:
@@ -193,9 +195,10 @@ class PolicyWorker:
                     results.append(result)
 
         elapsed = time.perf_counter() - start
-        tokens, entropy_sum, entropy_tokens = comm.all_sum(
+        tokens, entropy_sum, entropy_tokens, real, padded = comm.all_sum(
             float(batch.attention_mask.sum()) * cfg.ppo_epochs,
-            sum(r.entropy_sum for r in results), sum(r.entropy_tokens for r in results))
+            sum(r.entropy_sum for r in results), sum(r.entropy_tokens for r in results),
+            sum(r.real_tokens for r in results), sum(r.padded_tokens for r in results))
         applied = [r for r in results if r.applied]
         finite = [r for r in results if r.finite]
         skipped = len(results) - len(applied)
@@ -214,6 +217,8 @@ class PolicyWorker:
             "global_step": float(self.global_step),
             "perf/update_seconds": elapsed,
             "perf/tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0,
+            # Share of the forward/backward positions that are padding (what packing would save).
+            "perf/padding_frac": 1.0 - real / padded if padded > 0 else 0.0,
         }
         if cfg.log_entropy and entropy_tokens > 0:
             metrics["entropy"] = entropy_sum / entropy_tokens
@@ -233,11 +238,15 @@ class PolicyWorker:
         plan = plan_micro_batches(mini.lengths(), units, cfg.micro_batch_max_tokens)
         (target,) = comm.all_max(len(plan))
         local_loss, nonfinite, entropy_sum, entropy_tokens = 0.0, False, 0.0, 0.0
+        real_tokens, padded_tokens = 0.0, 0.0
         for rows in split_plan(plan, units, int(target)):
             micro = _to(mini.select(rows if rows is not None else [0]).trim(), self.device)
             log_probs, entropy = self.engine(micro.input_ids, micro.attention_mask, micro.response_mask,
                                              cfg.log_entropy)
             mask = micro.response_mask
+            if rows is not None:
+                real_tokens += float(micro.attention_mask.sum())
+                padded_tokens += float(micro.attention_mask.numel())
             if rows is None:
                 # A padding pass so every rank runs as many backward passes (ZeRO-2/3 reduce in them).
                 loss = log_probs.sum() * 0.0
@@ -277,7 +286,8 @@ class PolicyWorker:
         (loss_sum,) = comm.all_sum(local_loss)
         norm = self.engine.get_global_grad_norm()
         return _StepResult(loss=loss_sum, finite=not any_nonfinite, grad_norm=None if norm is None else float(norm),
-                           lr=lr, applied=applied, entropy_sum=entropy_sum, entropy_tokens=entropy_tokens)
+                           lr=lr, applied=applied, entropy_sum=entropy_sum, entropy_tokens=entropy_tokens,
+                           real_tokens=real_tokens, padded_tokens=padded_tokens)
 
     # -------------------------------------------------------------- weights
     def export_weights(self) -> dict[str, Tensor]:
