@@ -81,6 +81,9 @@ def load_config(data: Mapping[str, Any]) -> TrainConfig:
             obj.validate()
         except ValueError as err:
             raise ConfigError(f"{section}: {err}") from err
+    if cfg.algorithm.old_log_probs == "rollout" and cfg.rollout.engine.logprobs_mode != "raw_logprobs":
+        raise ConfigError("algorithm.old_log_probs=rollout needs rollout.engine.logprobs_mode=raw_logprobs (the "
+                          f"policy's own log-probs), got {cfg.rollout.engine.logprobs_mode!r}")
     unknown_sets = [s for s in cfg.eval.sets if s not in cfg.data.eval]
     if unknown_sets:
         raise ConfigError(f"eval.sets={cfg.eval.sets}: {unknown_sets} not defined in data.eval "

@@ -91,8 +91,11 @@ def train_on_groups(c: Components, groups: list[Group], timer: PhaseTimer) -> di
         return {"actor/update_skipped": 1.0}
     batch = build_train_batch(results[:usable], advantages[:usable], pad_token_id=c.pad_token_id,
                               mask_truncated=c.cfg.reward.overlong_filtering)
-    with timer.phase("old_log_probs"):
-        batch.old_log_probs = c.trainer.compute_log_probs(batch)
+    if c.cfg.algorithm.old_log_probs == "rollout":
+        batch.old_log_probs = batch.rollout_log_probs  # vLLM's log-probs of its own samples
+    else:
+        with timer.phase("old_log_probs"):
+            batch.old_log_probs = c.trainer.compute_log_probs(batch)
     with timer.phase("update"):
         metrics = {"actor/" + k.removeprefix("policy/"): v for k, v in c.trainer.update(batch).items()}
     with timer.phase("sync"):

@@ -39,6 +39,11 @@ class AlgorithmConfig:
     """Cap on generation rounds per step; past it, train on what was collected (never crash)."""
     oversample: float = 1.5
     """Prompts drawn per refill round, as a multiple of the groups still missing."""
+    old_log_probs: Literal["recompute", "rollout"] = "recompute"
+    """The behaviour policy's log-probs in the IS weight r = pi / pi_old: ``recompute`` (a trainer
+    forward pass over the batch before the update, exact) or ``rollout`` (vLLM's own log-probs of
+    the sampled tokens: saves that pass; right only when engine and trainer agree, e.g. fp32 on CPU,
+    max |diff| ~1e-5 here; in bf16 they differ by ~1e-2: recompute, as verl and OpenRLHF do)."""
 
     def __post_init__(self) -> None:
         if self.advantage not in ADVANTAGE_ESTIMATORS:

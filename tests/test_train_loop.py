@@ -128,6 +128,8 @@ def test_bad_config_fails_before_anything_starts(tmp_path):
         make_config(tmp_path, "+trainer.learning_rate=1")
     with pytest.raises(ConfigError, match="mini_batch_size"):
         make_config(tmp_path, "trainer.mini_batch_size=1000")
+    with pytest.raises(ConfigError, match="old_log_probs=rollout needs rollout.engine.logprobs_mode"):
+        make_config(tmp_path, "algorithm.old_log_probs=rollout", "rollout.engine.logprobs_mode=processed_logprobs")
     proc = subprocess.run([sys.executable, "-m", "cispo.train", "experiment=quick", "trainer.zero_stage=7",
                            f"run_dir={tmp_path / 'x'}"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2

@@ -1,0 +1,76 @@
+"""The loop's glue around the workers, with stand-ins for the trainer and rollout groups (their real
+versions are tested in test_train_loop.py): which log-probs become pi_old, what is synced."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from cispo.config import TrainConfig
+from cispo.loop import Group, train_on_groups
+from cispo.tracking import PhaseTimer
+from rewards import RewardResult
+from rollout.types import RolloutResult
+
+
+class RecordingTrainer:
+    def __init__(self) -> None:
+        self.log_prob_calls = 0
+        self.batch = None
+
+    def compute_log_probs(self, batch):
+        self.log_prob_calls += 1
+        return torch.full(batch.input_ids.shape, -9.0)
+
+    def update(self, batch):
+        self.batch = batch
+        return {"policy/loss": 0.5}
+
+    def export_weights_ref(self):
+        return ("weights-ref", 123)
+
+
+class RecordingRollout:
+    def __init__(self) -> None:
+        self.pushed = []
+
+    def update_weights(self, weights):
+        self.pushed.append(weights)
+
+
+def components(old_log_probs: str) -> SimpleNamespace:
+    cfg = TrainConfig()
+    cfg.algorithm.old_log_probs = old_log_probs
+    cfg.trainer.mini_batch_size = 2
+    return SimpleNamespace(cfg=cfg, pad_token_id=0, trainer=RecordingTrainer(), rollout=RecordingRollout())
+
+
+def group() -> Group:
+    results = [RolloutResult(prompt_ids=[5, 6], response_ids=[7, 8, 2], logprobs=np.array([-0.5, -1.5, -0.25]),
+                             finish_reason="stop", group_id=0, text="a"),
+               RolloutResult(prompt_ids=[5, 6], response_ids=[9], logprobs=np.array([-2.0]),
+                             finish_reason="stop", group_id=0, text="b")]
+    verdicts = [RewardResult(score=1.0, correct=True, extracted="1", reason="correct"),
+                RewardResult(score=0.0, correct=False, extracted="2", reason="wrong_answer")]
+    return Group(results, [1.0, 0.0], verdicts)
+
+
+def test_recompute_takes_pi_old_from_the_trainer_and_syncs_by_reference():
+    c = components("recompute")
+    metrics = train_on_groups(c, [group()], PhaseTimer())
+    assert c.trainer.log_prob_calls == 1
+    assert torch.equal(c.trainer.batch.old_log_probs, torch.full((2, 5), -9.0))
+    assert c.rollout.pushed == [("weights-ref", 123)]
+    assert metrics["actor/loss"] == 0.5 and metrics["actor/rows"] == 2.0
+
+
+def test_rollout_mode_uses_the_engine_log_probs_without_a_trainer_pass():
+    c = components("rollout")
+    train_on_groups(c, [group()], PhaseTimer())
+    assert c.trainer.log_prob_calls == 0
+    old = c.trainer.batch.old_log_probs
+    assert torch.equal(old, c.trainer.batch.rollout_log_probs)
+    # Row 0: prompt (2 tokens) then the response's log-probs on positions 2-4; row 1 on position 2.
+    assert old[0].tolist() == [0.0, 0.0, -0.5, -1.5, -0.25] and old[1].tolist() == [0.0, 0.0, -2.0, 0.0, 0.0]
