@@ -48,7 +48,9 @@ class EngineConfig:
     # this process may use; "auto" reserves one core for a scheduler process, i.e. 1 of 2 here).
     kv_cache_space_gib: int = 1
     omp_threads_bind: str = "auto"
-    # Torch intra-op threads of the engine process; 0 leaves vLLM's choice (1 thread while serving).
+    # Torch intra-op threads of the engine process (an in-process engine decodes on these; vLLM's
+    # binding above only reaches its worker processes). 0: one per core with omp_threads_bind="all",
+    # else unchanged (in a Ray actor: its CPU count).
     num_threads: int = 0
     # False runs the engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0): needed to
     # pass tensors to weight updates without copies, and the only mode tested on CPU.

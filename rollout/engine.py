@@ -47,14 +47,29 @@ def omp_bind_list(bind: str) -> str:
     return ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
 
 
+def engine_threads(config: EngineConfig) -> int:
+    """Torch threads of the engine process; 0 = leave them as they are.
+
+    An in-process engine ignores VLLM_CPU_OMP_THREADS_BIND (only vLLM's worker processes apply it)
+    and runs on this process's torch threads, which Ray sets to the actor's CPU count (1). With
+    ``omp_threads_bind="all"`` it gets one thread per core this process may use instead."""
+    if config.num_threads > 0:
+        return config.num_threads
+    if config.omp_threads_bind == "all":
+        return len(os.sched_getaffinity(0))
+    return 0
+
+
 def apply_engine_env(config: EngineConfig) -> None:
     """Set the vLLM / OpenMP environment of this process; must run before the engine starts."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if config.multiprocessing else "0"
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(config.kv_cache_space_gib)
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = omp_bind_list(config.omp_threads_bind)
-    if config.num_threads > 0:
-        os.environ["OMP_NUM_THREADS"] = str(config.num_threads)
-        torch.set_num_threads(config.num_threads)
+    threads = engine_threads(config)
+    if threads > 0:
+        # Before the engine starts: vLLM's CPU worker disables torch.set_num_threads once it runs.
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 class RolloutEngine:

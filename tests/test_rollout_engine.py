@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from rollout.config import EngineConfig, SamplingConfig
-from rollout.engine import omp_bind_list
+from rollout.engine import engine_threads, omp_bind_list
 from rollout.models import prepare_model
 from rollout.repetition import repetition_cut
 from rollout.weight_sync import ExpectedWeights, to_safetensors_bytes
@@ -98,6 +98,9 @@ def test_omp_bind_all_lists_this_process_cores(monkeypatch):
     assert omp_bind_list("all") == "0,3,5"
     assert omp_bind_list("auto") == "auto"
     assert omp_bind_list("1-2") == "1-2"
+    assert engine_threads(EngineConfig(omp_threads_bind="all")) == 3  # in-process engines: torch threads
+    assert engine_threads(EngineConfig(omp_threads_bind="all", num_threads=1)) == 1
+    assert engine_threads(EngineConfig(omp_threads_bind="auto")) == 0  # unchanged
 
 
 # ------------------------------------------------------------------ real engine
