@@ -52,7 +52,12 @@ MODELS = {
 OURS_COMMON = ["algorithm=cispo", "algorithm.dynamic_sampling=false", "eval.at_start=false", "eval.every=0",
                "eval.sets=[]", "checkpoint.save_every=0", "logger=disabled"]
 # Our variants: the shipped defaults, and the engine bound to one core (vLLM's "auto" on 2 cores).
-VARIANTS = {"ours": ["rollout.engine.omp_threads_bind=all"], "ours-1-thread-vllm": ["rollout.engine.omp_threads_bind=auto"]}
+VARIANTS = {
+    "ours": ["rollout.engine.omp_threads_bind=all"],
+    "ours-1-thread-vllm": ["rollout.engine.omp_threads_bind=auto"],
+    # pi_old from vLLM's own log-probs (fp32 engine == trainer to ~1e-5): no trainer pass before the update.
+    "ours-rollout-logprobs": ["rollout.engine.omp_threads_bind=all", "algorithm.old_log_probs=rollout"],
+}
 
 
 def compose(overrides: list[str]):
@@ -178,7 +183,7 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=["smollm2", "smollm2-long", "tiny"], choices=sorted(MODELS))
     parser.add_argument("--steps", type=int, default=5, help="steps per run (first and last not counted)")
     parser.add_argument("--reps", type=int, default=2)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=sorted(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=["ours", "ours-1-thread-vllm"], choices=sorted(VARIANTS))
     parser.add_argument("--trl-worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.trl_worker:
@@ -237,7 +242,7 @@ def write_result(rows: list[dict]) -> None:
              "step of each run excluded). `smollm2`: the default job's setting (warm-started, answers of ~8 "
              "tokens, cap 32); `smollm2-long`: no warm start, responses run to the 128-token cap; `tiny`: the "
              "smoke-test model. `ours-1-thread-vllm`: our engine on one core (vLLM's `auto` binding, the "
-             "setting before the change).", "",
+             "setting before the change); `ours-rollout-logprobs`: `algorithm.old_log_probs=rollout`.", "",
              "Reward / tokens: mean training reward and median mean response length per side (both sides do "
              "the same work).", "",
              "| setting | ours | ours s/step | TRL s/step | ratio ours/TRL (goal <= 0.5) | our phases (median s) "
