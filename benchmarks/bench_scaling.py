@@ -51,7 +51,7 @@ def main() -> int:
             t0 = time.perf_counter()
             r = run_ours("smollm2", args.steps, overrides(prompts, tokens, ranks), Path(tmp))
         step = statistics.median(r["step_s"])
-        rows.append((label, prompts, tokens, ranks, step, r["response_tokens"], r["phases"]))
+        rows.append((label, prompts, tokens, ranks, step, r["response_tokens"], r["phases"], r["padding"]))
         print(f"{label}: prompts {prompts} tokens {tokens} ranks {ranks}: {step:.1f} s/step "
               f"(mean response {r['response_tokens']:.0f} tokens; run {time.perf_counter() - t0:.0f} s)", flush=True)
     write_result(rows, args)
@@ -72,11 +72,12 @@ def write_result(rows: list, args: argparse.Namespace) -> None:
              f"`.venv/bin/python benchmarks/bench_scaling.py --steps {args.steps}` (load average at the end "
              f"{os.getloadavg()[0]:.1f}). SmolLM2-135M fp32 without warm start (responses run to the length cap), "
              "G = 4, mini-batch 8, CISPO, no dynamic sampling, no eval; median s/step over the counted steps.", "",
-             "| varied | prompts x G | max new tokens | mean response tokens | trainer ranks | s/step | phases (median s) |",
-             "|---|---|---|---|---|---|---|"]
-    for label, prompts, tokens, ranks, step, resp, ph in rows:
+             "| varied | prompts x G | max new tokens | mean response tokens | trainer ranks | s/step | phases (median s) "
+             "| padding share of the update's positions |",
+             "|---|---|---|---|---|---|---|---|"]
+    for label, prompts, tokens, ranks, step, resp, ph, pad in rows:
         phase_text = ", ".join(f"{k} {v:.1f}" for k, v in sorted(ph.items(), key=lambda kv: -kv[1]) if v >= 0.05)
-        lines.append(f"| {label} | {prompts} x 4 | {tokens} | {resp:.0f} | {ranks} | {step:.1f} | {phase_text} |")
+        lines.append(f"| {label} | {prompts} x 4 | {tokens} | {resp:.0f} | {ranks} | {step:.1f} | {phase_text} | {pad:.1%} |")
     lines += ["", f"Slope, batch: {slope(rows, 'batch', 1)}; length: {slope(rows, 'length', 2)}."]
     base = next(r for r in rows if (r[1], r[2], r[3]) == (8, 32, 1))
     two = next((r for r in rows if r[3] == 2), None)

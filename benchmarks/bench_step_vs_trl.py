@@ -112,7 +112,8 @@ def run_ours(model: str, steps: int, extra: list[str], out: Path) -> dict:
               for k in counted[0] if k.startswith("time/") and k not in ("time/total_elapsed", "time/step")}
     return {"step_s": [r["time/step"] for r in counted], "phases": phases,
             "response_tokens": statistics.median(r["response_length/mean"] for r in counted),
-            "reward": statistics.mean(r["reward/mean"] for r in records if "reward/mean" in r)}
+            "reward": statistics.mean(r["reward/mean"] for r in records if "reward/mean" in r),
+            "padding": statistics.median(r.get("actor/perf/padding_frac", float("nan")) for r in counted)}
 
 
 def run_trl(spec: dict, out: Path) -> dict:
