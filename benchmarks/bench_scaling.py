@@ -68,7 +68,7 @@ def slope(rows: list, label: str, key: int) -> str:
 
 
 def write_result(rows: list, args: argparse.Namespace) -> None:
-    lines = ["## Scaling of our step on this machine", "",
+    lines = ["# Scaling of our step on this machine", "",
              f"`.venv/bin/python benchmarks/bench_scaling.py --steps {args.steps}` (load average at the end "
              f"{os.getloadavg()[0]:.1f}). SmolLM2-135M fp32 without warm start (responses run to the length cap), "
              "G = 4, mini-batch 8, CISPO, no dynamic sampling, no eval; median s/step over the counted steps.", "",

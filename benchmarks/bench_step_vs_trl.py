@@ -235,7 +235,7 @@ def write_result(rows: list[dict]) -> None:
     rows.sort(key=lambda r: (list(MODELS).index(r["model"]), r["side"]))
     STORE.parent.mkdir(parents=True, exist_ok=True)
     STORE.write_text(json.dumps(rows, indent=1) + "\n")
-    lines = ["## End-to-end RL step vs TRL GRPOTrainer(loss_type=\"cispo\")", "",
+    lines = ["# End-to-end RL step vs TRL GRPOTrainer(loss_type=\"cispo\")", "",
              "`.venv/bin/python benchmarks/bench_step_vs_trl.py <options in the table>`. Same model, prompts, G = 4, "
              "max new tokens, mini-batches (8 prompts x 4 = 32 responses, 4 optimizer steps per rollout batch), "
              "AdamW settings, fp32, CISPO with the same weight cap; TRL generates with transformers `generate` "

@@ -66,7 +66,7 @@ def main() -> int:
     parser.add_argument("--step-seconds", type=float, default=44.0,
                         help="step time of the default job, for the sync's share (README: 44 s)")
     args = parser.parse_args()
-    lines = ["## Weight sync (trainer -> vLLM through Ray)", "",
+    lines = ["# Weight sync (trainer -> vLLM through Ray)", "",
              f"`.venv/bin/python benchmarks/bench_weight_sync.py --reps {args.reps}`: one trainer rank and one "
              "rollout actor (fp32), both paths alternated on the same actors, median seconds per full update "
              "(export + transfer + vLLM `load_weights`).", "",
