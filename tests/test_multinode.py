@@ -44,10 +44,10 @@ def test_rollout_and_trainer_on_their_own_nodes(two_node_cluster, tmp_path: Path
         assert not c.owns_ray
         assert bundle_nodes(c.placement_groups["rollout"]) == {two_node_cluster["rollout"]}
         assert bundle_nodes(c.placement_groups["trainer"]) == {two_node_cluster["trainer"]}
-        groups, metrics = collect_groups(c, step=1)
-        assert metrics["rollout/responses"] >= cfg.batch_size
         timer = PhaseTimer()
         timer.start_step()
+        groups, metrics = collect_groups(c, 1, timer)
+        assert metrics["rollout/responses"] >= cfg.batch_size
         if groups:
             update = train_on_groups(c, groups, timer)
             assert update["actor/update_skipped"] == 1.0 or update["actor/optimizer_steps"] >= 1
