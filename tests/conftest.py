@@ -1,4 +1,4 @@
-"""Suite-wide settings: vLLM's in-process engine and small CPU KV cache (see DESIGN.md)."""
+"""Suite-wide settings: vLLM's in-process engine and small CPU KV cache (vLLM CPU facts: docs/rollout.md)."""
 
 import os
 

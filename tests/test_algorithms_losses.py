@@ -226,6 +226,36 @@ def test_grpo_kl_term_value_and_gradient(estimator):
     torch.testing.assert_close(lp.grad, expected, rtol=1e-10, atol=1e-14)
 
 
+def test_k3_unclamped_by_default_and_clamped_like_verl_on_request():
+    """DeepSeekMath's k3 has no clamp: a token 15 nats more likely under pi_ref keeps its full value and
+    gradient. kl_clamp=10 reproduces verl: the value saturates at 10 and that token's KL gradient is 0."""
+    from cispo.algorithms import kl_penalty
+
+    d = torch.tensor([[-15.0, 0.3, -0.2]], dtype=torch.float64)  # log pi_theta - log pi_ref
+    ref = torch.zeros_like(d)
+    lp = d.clone().requires_grad_(True)
+    k3 = kl_penalty(lp, ref, "k3")
+    expected = torch.exp(-d) + d - 1
+    torch.testing.assert_close(k3.detach(), expected, rtol=1e-12, atol=0)
+    k3.sum().backward()
+    torch.testing.assert_close(lp.grad, 1 - torch.exp(-d), rtol=1e-12, atol=0)
+    assert abs(lp.grad[0, 0].item()) > 1e6
+
+    lp.grad = None
+    clamped = kl_penalty(lp, ref, "k3", clamp=10.0)
+    assert clamped[0, 0].item() == 10.0
+    torch.testing.assert_close(clamped[0, 1:].detach(), expected[0, 1:], rtol=1e-12, atol=0)
+    clamped.sum().backward()
+    assert lp.grad[0, 0].item() == 0.0
+    torch.testing.assert_close(lp.grad[0, 1:], (1 - torch.exp(-d))[0, 1:], rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="kl_clamp"):
+        kl_penalty(lp, ref, "k3", clamp=0.0)
+
+
+def test_grpo_and_dapo_share_one_ppo_clip_body():
+    assert POLICY_LOSSES["grpo"] is POLICY_LOSSES["dapo"]
+
+
 def test_truncated_importance_sampling_scales_each_token():
     new, old, adv, mask, _ = make_batch(seed=10)
     rollout = old + torch.randn_like(old) * 0.5
@@ -299,7 +329,7 @@ def _call(**overrides):
     ({"advantages": torch.tensor([1.0, float("inf"), 0, 0, 0, 0], dtype=torch.float64)}, "advantages contains 1"),
     ({"kl_coef": 0.1}, "needs ref_log_probs"),
     ({"unified_mask": True}, "mask_eps_low"),
-    ({"dual_clip": 3.0}, "unknown option(s) ['dual_clip'] for loss 'cispo'"),
+    ({"dual_clip": 3.0}, "options of loss 'cispo': unknown option(s) ['dual_clip']"),
     ({"rollout_log_probs": torch.zeros(6, 7, dtype=torch.float64)}, "tis_cap is required"),
     ({"agg": "prompt-mean"}, "needs group_ids"),
 ])

@@ -1,4 +1,4 @@
-"""Every shared data file maps to the row contract; expected values are re-derived with `json` here."""
+"""Every shipped data file maps to the row contract; expected values are re-derived with `json` here."""
 
 from __future__ import annotations
 
@@ -24,15 +24,17 @@ from cispo.data import (
 )
 from rewards.code_data import LEETCODE_PRELUDE as LEETCODE_SETUP
 
-DATA = Path(os.environ.get("CISPO_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+DATA = Path(os.environ.get("CISPO_DATA_DIR", Path(__file__).resolve().parents[1] / "data"))
 
 
 def raw_rows(relative: str) -> list[dict]:
     path = DATA / relative
     if path.suffix == ".gz":
         with gzip.open(path, "rt", encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle if line.strip()]
-    text = path.read_text(encoding="utf-8")
+            text = handle.read()
+        path = path.with_suffix("")
+    else:
+        text = path.read_text(encoding="utf-8")
     if path.suffix == ".json":
         return json.loads(text)
     return [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -43,7 +45,7 @@ def load(relative: str, **kwargs) -> list:
 
 
 def test_data_folder_is_there():
-    assert (DATA / "README.md").is_file(), f"shared data not found at {DATA} (set CISPO_DATA_DIR)"
+    assert (DATA / "README.md").is_file(), f"data not found at {DATA} (set CISPO_DATA_DIR)"
 
 
 @pytest.mark.parametrize(
@@ -54,12 +56,12 @@ def test_data_folder_is_there():
         ("eval/math500_test.jsonl", "math500"),
         ("eval/amc23_test.jsonl", "amc"),
         ("eval/gsm8k_test.jsonl", "gsm8k"),
-        ("train/gsm8k_train.jsonl", "gsm8k"),
-        ("train/math_train_rllm.json", "math"),
-        ("train/deepmath_5k_roll.jsonl", "deepmath"),
+        ("train/gsm8k_train.jsonl.gz", "gsm8k"),
+        ("train/math_train_rllm.json.gz", "math"),
+        ("train/deepmath_5k_roll.jsonl.gz", "deepmath"),
         ("code/HumanEval.jsonl.gz", "humaneval"),
         ("code/prime_new_mbpp.json", "mbpp"),
-        ("code/rllm_leetcode_train.json", "leetcode"),
+        ("code/rllm_leetcode_train.json.gz", "leetcode"),
         ("code/rllm_leetcode_test.json", "leetcode"),
         ("code/rllm_codeforces_test.json", "codeforces"),
         ("eval/math_grader_cases.jsonl", None),
@@ -105,7 +107,7 @@ def test_math500_and_amc():
     assert {r.reward_kind for r in rows} == {"math"}
 
 
-@pytest.mark.parametrize("relative, count", [("eval/gsm8k_test.jsonl", 1319), ("train/gsm8k_train.jsonl", 7473)])
+@pytest.mark.parametrize("relative, count", [("eval/gsm8k_test.jsonl", 1319), ("train/gsm8k_train.jsonl.gz", 7473)])
 def test_gsm8k_answer_after_hashes(relative, count):
     raw = raw_rows(relative)
     rows = load(relative)
@@ -120,12 +122,12 @@ def test_gsm8k_answer_after_hashes(relative, count):
 
 
 def test_math_train_bad_rows_error_then_skip():
-    raw = raw_rows("train/math_train_rllm.json")
+    raw = raw_rows("train/math_train_rllm.json.gz")
     bad = [i for i, x in enumerate(raw) if x["answer"] is None or not str(x["answer"]).strip()]
     assert bad == [886, 1009, 5328, 5330]  # the README says 2; there are 2 nulls and 2 empty strings
-    with pytest.raises(BadRowError, match=r"math_train_rllm\.json: row 886 \(0-based\), field 'answer'"):
-        load("train/math_train_rllm.json")
-    dataset = load_prompt_dataset(DatasetSpec(path=str(DATA / "train/math_train_rllm.json"), on_bad_row="skip"))
+    with pytest.raises(BadRowError, match=r"math_train_rllm\.json\.gz: row 886 \(0-based\), field 'answer'"):
+        load("train/math_train_rllm.json.gz")
+    dataset = load_prompt_dataset(DatasetSpec(path=str(DATA / "train/math_train_rllm.json.gz"), on_bad_row="skip"))
     assert dataset.num_skipped == 4 and [b.row for b in dataset.skipped] == bad
     assert {b.field for b in dataset.skipped} == {"answer"}
     assert len(dataset) == len(raw) - 4 == 7470
@@ -135,8 +137,8 @@ def test_math_train_bad_rows_error_then_skip():
 
 
 def test_deepmath():
-    raw = raw_rows("train/deepmath_5k_roll.jsonl")
-    rows = load("train/deepmath_5k_roll.jsonl", name="deepmath_5k")
+    raw = raw_rows("train/deepmath_5k_roll.jsonl.gz")
+    rows = load("train/deepmath_5k_roll.jsonl.gz", name="deepmath_5k")
     assert [(r.id, r.prompt, r.ground_truth) for r in rows] == [
         (x["id"], x["prompt"], x["ground_truth"].strip()) for x in raw
     ]
@@ -203,7 +205,7 @@ def test_reference_solutions_pass_through_the_mapping():
     cases += [(mb_raw[i]["code"], mb[i].ground_truth) for i in (0, with_import)]
     lc_raw, lc = raw_rows("code/rllm_leetcode_test.json"), load("code/rllm_leetcode_test.json")
     cases.append((lc_raw[0]["solutions"], lc[0].ground_truth))
-    tr_raw, tr = raw_rows("code/rllm_leetcode_train.json"), load("code/rllm_leetcode_train.json")
+    tr_raw, tr = raw_rows("code/rllm_leetcode_train.json.gz"), load("code/rllm_leetcode_train.json.gz")
     linked = next(i for i, x in enumerate(tr_raw) if "is_same_list(" in x["tests"]["functional"])
     tree = next(i for i, x in enumerate(tr_raw) if "is_same_tree(" in x["tests"]["functional"])
     cases += [(tr_raw[i]["solutions"], tr[i].ground_truth) for i in (linked, tree)]
@@ -320,3 +322,19 @@ def test_load_data_mixture_and_eval_names():
     clash = DataConfig(train=[DatasetSpec(path=str(DATA / "eval/aime2024.jsonl"))] * 2, eval={})
     with pytest.raises(ValueError, match="appears twice"):
         load_data(clash)
+
+
+def test_relative_paths_resolve_against_the_checkout_from_any_folder(tmp_path, monkeypatch):
+    """The presets name `data/...`: they must work when the run starts outside the checkout."""
+    from cispo.data.io import PROJECT_ROOT, resolve_data_path
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_data_path("data/eval/aime2024.jsonl") == PROJECT_ROOT / "data/eval/aime2024.jsonl"
+    assert len(load_prompt_dataset(DatasetSpec(path="data/eval/aime2024.jsonl")).rows) == 30
+    # A file of the user's in the working folder wins over the shipped one of the same name.
+    own = tmp_path / "data" / "eval" / "aime2024.jsonl"
+    own.parent.mkdir(parents=True)
+    own.write_text(json.dumps({"id": "x-1", "problem": "p", "answer": 7}) + "\n")
+    assert len(load_prompt_dataset(DatasetSpec(path="data/eval/aime2024.jsonl", source="aime")).rows) == 1
+    with pytest.raises(FileNotFoundError, match=r"nope\.jsonl: data file not found \(looked for .*nope\.jsonl or "):
+        resolve_data_path("nope.jsonl")

@@ -17,14 +17,18 @@ import torch
 from torch import Tensor
 
 from cispo.algorithms._checks import check_choice, check_finite, check_nonnegative
+from cispo.algorithms.options import GrpoAdvantageOptions, NoOptions, parse_options
 
 AdvantageFn = Callable[..., Tensor]
 ADVANTAGE_ESTIMATORS: dict[str, AdvantageFn] = {}
+ADVANTAGE_OPTIONS: dict[str, type] = {}
+"""The typed options class of each estimator (:mod:`cispo.algorithms.options`)."""
 
 
-def _register(name: str):
+def _register(name: str, options: type = NoOptions):
     def wrap(fn: AdvantageFn) -> AdvantageFn:
         ADVANTAGE_ESTIMATORS[name] = fn
+        ADVANTAGE_OPTIONS[name] = options
         return fn
 
     return wrap
@@ -52,29 +56,28 @@ def _group_stats(rewards: Tensor, index: Tensor) -> tuple[Tensor, Tensor, Tensor
     return size[index], mean, sq_dev[index]
 
 
-@_register("grpo")
-def grpo_advantages(rewards: Tensor, index: Tensor, *, eps: float, std_unbiased: bool = True,
-                    batch_std: bool = False, norm_by_std: bool = True) -> Tensor:
+@_register("grpo", GrpoAdvantageOptions)
+def grpo_advantages(rewards: Tensor, index: Tensor, *, eps: float, options: GrpoAdvantageOptions) -> Tensor:
     size, mean, sq_dev = _group_stats(rewards, index)
     centred = torch.where(size > 1, rewards - mean, torch.zeros_like(rewards))
-    if not norm_by_std:
+    if not options.norm_by_std:
         return centred
-    if batch_std:
-        std = rewards.std(unbiased=std_unbiased) if rewards.numel() > 1 else rewards.new_zeros(())
+    if options.batch_std:
+        std = rewards.std(unbiased=options.std_unbiased) if rewards.numel() > 1 else rewards.new_zeros(())
         return centred / (std + eps)
-    dof = (size - 1) if std_unbiased else size
+    dof = (size - 1) if options.std_unbiased else size
     std = torch.sqrt(sq_dev / dof.clamp(min=1))
     return centred / (std + eps)
 
 
 @_register("dr_grpo")
-def dr_grpo_advantages(rewards: Tensor, index: Tensor, *, eps: float) -> Tensor:
+def dr_grpo_advantages(rewards: Tensor, index: Tensor, *, eps: float, options: NoOptions) -> Tensor:
     size, mean, _ = _group_stats(rewards, index)
     return torch.where(size > 1, rewards - mean, torch.zeros_like(rewards))
 
 
 @_register("rloo")
-def rloo_advantages(rewards: Tensor, index: Tensor, *, eps: float) -> Tensor:
+def rloo_advantages(rewards: Tensor, index: Tensor, *, eps: float, options: NoOptions) -> Tensor:
     size, mean, _ = _group_stats(rewards, index)
     loo_mean = (mean * size - rewards) / (size - 1).clamp(min=1)
     return torch.where(size > 1, rewards - loo_mean, torch.zeros_like(rewards))
@@ -96,11 +99,7 @@ def compute_advantages(name: str, rewards: Tensor, group_ids: Tensor | Sequence[
     check_finite("rewards", rewards.double())
     if rewards.numel() == 0:
         return rewards.double()
-    allowed = {"grpo": {"std_unbiased", "batch_std", "norm_by_std"}}.get(name, set())
-    unknown = set(options) - allowed
-    if unknown:
-        raise ValueError(f"unknown option(s) {sorted(unknown)} for advantage estimator {name!r}; "
-                         f"allowed: {', '.join(sorted(allowed)) or 'none'}")
+    typed = parse_options(ADVANTAGE_OPTIONS[name], options, f"options of advantage estimator {name!r}")
     dtype = rewards.dtype if rewards.is_floating_point() else torch.float32
     index = _group_index(group_ids, rewards.numel())
-    return ADVANTAGE_ESTIMATORS[name](rewards.to(dtype), index, eps=eps, **options)
+    return ADVANTAGE_ESTIMATORS[name](rewards.to(dtype), index, eps=eps, options=typed)

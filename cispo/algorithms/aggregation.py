@@ -1,6 +1,6 @@
 """Loss aggregation: how per-token losses become one scalar.
 
-The modes follow ScaleRL / verl naming (see REFERENCES.md, "Aggregation names"). ``normalizer`` is
+The modes follow ScaleRL / verl naming (docs/algorithms.md, "Aggregation"). ``normalizer`` is
 the GLOBAL count of the whole mini-batch (tokens, sequences or prompt groups, by mode) across
 micro-batches and data-parallel ranks. With it, summing the losses of any split of a mini-batch
 gives exactly the loss (and gradient) of the whole mini-batch; without it each call normalises by

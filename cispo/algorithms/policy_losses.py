@@ -3,7 +3,7 @@
 Each registered loss maps a typed :class:`LossInputs` to a :class:`TokenLoss`: the per-token loss
 and which tokens keep a gradient. :func:`compute_policy_loss` adds what all of them share
 (validation, truncated importance sampling, KL to a reference, aggregation, diagnostics).
-Formulas and the papers behind them: ``REFERENCES.md``.
+Formulas and the papers behind them: ``docs/algorithms.md``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from cispo.algorithms._checks import (
 from cispo.algorithms.aggregation import AGGREGATIONS, aggregate
 from cispo.algorithms.diagnostics import loss_diagnostics
 from cispo.algorithms.kl import KL_ESTIMATORS, kl_penalty
+from cispo.algorithms.options import CispoOptions, NoOptions, PPOClipOptions, parse_options
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,8 @@ class LossInputs:
     mask: Tensor
     eps_low: float
     eps_high: float
-    options: dict[str, Any] = field(default_factory=dict)
+    options: Any = field(default_factory=NoOptions)
+    """The loss's typed options (an instance of its class in :data:`LOSS_OPTIONS`)."""
 
 
 @dataclass(frozen=True)
@@ -55,14 +57,15 @@ class TokenLoss:
 PolicyLossFn = Callable[[LossInputs], TokenLoss]
 POLICY_LOSSES: dict[str, PolicyLossFn] = {}
 DEFAULT_AGGREGATION: dict[str, str] = {}
-LOSS_OPTIONS: dict[str, frozenset[str]] = {}
+LOSS_OPTIONS: dict[str, type] = {}
+"""The typed options class of each loss (:mod:`cispo.algorithms.options`)."""
 
 
-def register_policy_loss(name: str, *, default_agg: str, options: tuple[str, ...] = ()):
+def register_policy_loss(name: str, *, default_agg: str, options: type = NoOptions):
     def wrap(fn: PolicyLossFn) -> PolicyLossFn:
         POLICY_LOSSES[name] = fn
         DEFAULT_AGGREGATION[name] = default_agg
-        LOSS_OPTIONS[name] = frozenset(options)
+        LOSS_OPTIONS[name] = options
         return fn
 
     return wrap
@@ -75,10 +78,8 @@ def _ppo_clip(x: LossInputs, ratio: Tensor) -> TokenLoss:
     unclipped_loss = -ratio * adv
     loss = torch.maximum(unclipped_loss, -clipped_ratio * adv)
     keeps_grad = unclipped_loss >= -clipped_ratio * adv
-    dual_clip = x.options.get("dual_clip")
+    dual_clip = getattr(x.options, "dual_clip", None)
     if dual_clip is not None:
-        if not isinstance(dual_clip, (int, float)) or dual_clip <= 1.0:
-            raise ValueError(f"dual_clip={dual_clip!r} must be a number > 1 (PPO dual-clip c, usually 3)")
         bound = -dual_clip * adv
         dual_active = (adv < 0) & (loss > bound)
         loss = torch.where(dual_active, bound, loss)
@@ -86,7 +87,7 @@ def _ppo_clip(x: LossInputs, ratio: Tensor) -> TokenLoss:
     return TokenLoss(loss=loss, keeps_grad=keeps_grad)
 
 
-@register_policy_loss("cispo", default_agg="token-mean", options=("unified_mask", "mask_eps_low", "mask_eps_high"))
+@register_policy_loss("cispo", default_agg="token-mean", options=CispoOptions)
 def cispo_loss(x: LossInputs) -> TokenLoss:
     """MiniMax-M1 Eq. 4: -sg(clip(r, 1-eps_low, 1+eps_high)) * A * log pi.
 
@@ -98,32 +99,28 @@ def cispo_loss(x: LossInputs) -> TokenLoss:
     weight = x.ratio.detach().clamp(1.0 - x.eps_low, 1.0 + x.eps_high)
     loss = -weight * x.advantages * x.log_probs
     keeps_grad = torch.ones_like(loss, dtype=torch.bool)
-    if x.options.get("unified_mask", False):
-        mask_low, mask_high = x.options.get("mask_eps_low"), x.options.get("mask_eps_high")
-        if mask_low is None or mask_high is None:
-            raise ValueError("cispo with unified_mask=True needs mask_eps_low and mask_eps_high (PPO trust-region eps)")
-        check_nonnegative("mask_eps_low", mask_low)
-        check_nonnegative("mask_eps_high", mask_high)
+    opts: CispoOptions = x.options
+    if opts.unified_mask:
         ratio = x.ratio.detach()
-        outside = ((x.advantages > 0) & (ratio > 1.0 + mask_high)) | ((x.advantages < 0) & (ratio < 1.0 - mask_low))
+        outside = (((x.advantages > 0) & (ratio > 1.0 + opts.mask_eps_high))
+                   | ((x.advantages < 0) & (ratio < 1.0 - opts.mask_eps_low)))
         keeps_grad = ~outside
         loss = loss * keeps_grad.to(loss.dtype)
     return TokenLoss(loss=loss, keeps_grad=keeps_grad)
 
 
-@register_policy_loss("grpo", default_agg="seq-mean-token-mean", options=("dual_clip",))
-def grpo_loss(x: LossInputs) -> TokenLoss:
-    """DeepSeekMath GRPO: per-token PPO clipped surrogate (KL to the reference is added by the caller)."""
+def ppo_clip_loss(x: LossInputs) -> TokenLoss:
+    """The per-token PPO clipped surrogate. GRPO (DeepSeekMath) and DAPO share this body; they differ
+    in their presets: eps (0.2 vs clip-higher 0.2 / 0.28), aggregation (seq-mean-token-mean vs
+    token-mean) and the KL term (GRPO's is added by :func:`compute_policy_loss`)."""
     return _ppo_clip(x, x.ratio)
 
 
-@register_policy_loss("dapo", default_agg="token-mean", options=("dual_clip",))
-def dapo_loss(x: LossInputs) -> TokenLoss:
-    """DAPO: PPO clip with decoupled eps_low / eps_high (clip-higher), token-level mean, no KL."""
-    return _ppo_clip(x, x.ratio)
+register_policy_loss("grpo", default_agg="seq-mean-token-mean", options=PPOClipOptions)(ppo_clip_loss)
+register_policy_loss("dapo", default_agg="token-mean", options=PPOClipOptions)(ppo_clip_loss)
 
 
-@register_policy_loss("gspo", default_agg="seq-mean-token-mean", options=())
+@register_policy_loss("gspo", default_agg="seq-mean-token-mean")
 def gspo_loss(x: LossInputs) -> TokenLoss:
     """GSPO (arXiv 2507.18071): the sequence-level ratio s_i = exp(mean_t log r_{i,t}) clipped at the
     sequence level, with the token-level form s_{i,t} = sg(s_i) * pi / sg(pi) so gradients reach tokens."""
@@ -148,6 +145,7 @@ def compute_policy_loss(
     ref_log_probs: Tensor | None = None,
     kl_coef: float = 0.0,
     kl_estimator: str = "k3",
+    kl_clamp: float | None = None,
     rollout_log_probs: Tensor | None = None,
     tis_cap: float | None = None,
     normalizer: float | None = None,
@@ -167,6 +165,7 @@ def compute_policy_loss(
         eps_low, eps_high: offsets from 1; the clip range is [1 - eps_low, 1 + eps_high] for every loss.
         agg: aggregation mode (see :func:`aggregate`); ``None`` = the loss's default.
         ref_log_probs, kl_coef, kl_estimator: KL(pi_theta || pi_ref) penalty added to the loss.
+        kl_clamp: None (DeepSeekMath, TRL, slime) or verl's bound on k3 (10.0); see :mod:`.kl`.
         rollout_log_probs, tis_cap: truncated importance sampling (Yao et al. 2025): the loss of each
             token is multiplied by the detached min(pi_old / pi_rollout, tis_cap).
         normalizer, token_budget, group_ids: passed to :func:`aggregate`.
@@ -178,10 +177,7 @@ def compute_policy_loss(
     agg = DEFAULT_AGGREGATION[name] if agg is None else agg
     check_choice("agg", agg, AGGREGATIONS)
     check_choice("kl_estimator", kl_estimator, KL_ESTIMATORS)
-    unknown = set(options) - LOSS_OPTIONS[name]
-    if unknown:
-        allowed = ", ".join(sorted(LOSS_OPTIONS[name])) or "none"
-        raise ValueError(f"unknown option(s) {sorted(unknown)} for loss {name!r}; allowed: {allowed}")
+    typed_options = parse_options(LOSS_OPTIONS[name], options, f"options of loss {name!r}")
     check_nonnegative("eps_low", eps_low)
     check_nonnegative("eps_high", eps_high)
     check_nonnegative("kl_coef", kl_coef)
@@ -203,7 +199,8 @@ def compute_policy_loss(
     log_ratio = torch.where(mask_f > 0, log_probs - old_log_probs, torch.zeros_like(log_probs))
     inputs = LossInputs(
         log_probs=log_probs, old_log_probs=old_log_probs, ratio=torch.exp(log_ratio),
-        advantages=advantages, mask=mask_f, eps_low=float(eps_low), eps_high=float(eps_high), options=options,
+        advantages=advantages, mask=mask_f, eps_low=float(eps_low), eps_high=float(eps_high),
+        options=typed_options,
     )
     token_loss = POLICY_LOSSES[name](inputs)
     loss_mat = token_loss.loss
@@ -219,7 +216,7 @@ def compute_policy_loss(
 
     kl = None
     if ref_log_probs is not None:
-        kl = kl_penalty(log_probs, ref_log_probs.to(log_probs.dtype), kl_estimator)
+        kl = kl_penalty(log_probs, ref_log_probs.to(log_probs.dtype), kl_estimator, clamp=kl_clamp)
         if kl_coef > 0:
             loss_mat = loss_mat + kl_coef * kl
     elif kl_coef > 0:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 M1_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
-"""MiniMax-M1's system prompt for math (REFERENCES.md, Evaluation: AIME)."""
+"""MiniMax-M1's system prompt for math (arXiv 2506.13585, evaluation protocol)."""
 
 PROMPT_PLACEHOLDER = "{prompt}"
 """The one placeholder of an instruction template; replaced literally, so LaTeX braces need no escaping."""

@@ -72,11 +72,29 @@ def read_json_stdlib(path: Path) -> list[Any]:
     return rows
 
 
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+"""The cispo checkout (or install prefix): where the shipped ``data/`` folder lives."""
+
+
+def resolve_data_path(path: str | Path) -> Path:
+    """A relative path is looked up in the working directory first, then in the cispo checkout, so that
+    the shipped presets (``data/eval/aime2024.jsonl``) work from any folder and a user's own relative
+    paths keep their usual meaning."""
+    path = Path(path).expanduser()
+    if path.is_absolute() or path.is_file():
+        candidates = [path]
+    else:
+        candidates = [path, PROJECT_ROOT / path]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    tried = " or ".join(str(c.resolve()) for c in candidates)
+    raise FileNotFoundError(f"{path}: data file not found (looked for {tried})")
+
+
 def read_rows(path: str | Path, fmt: str | None = None, *, cache_dir: str | None = None) -> list[Any]:
     """All rows of a local file as Python objects (dicts, unless the file is malformed)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: data file not found")
+    path = resolve_data_path(path)
     fmt = fmt or detect_format(path)
     builder = "parquet" if fmt == "parquet" else "json"
     import datasets  # deferred: importing datasets costs about a second

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cispo.algorithms import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
+from cispo.algorithms.options import parse_options
 from cispo.algorithms.policy_losses import LOSS_OPTIONS
 
 PRECISIONS = ("fp32", "bf16")
@@ -86,6 +87,10 @@ class TrainerConfig:
     # KL to a frozen reference model (GRPO); the reference is loaded only when kl_coef > 0.
     kl_coef: float = 0.0
     kl_estimator: str = "k3"
+    # None: k3 unclamped, as in DeepSeekMath, TRL and slime. A number c clamps k3 to [-c, c] (and the
+    # log-ratio inside it to +-20), verl's choice (c = 10): where it binds, the most-diverged tokens lose
+    # their KL gradient.
+    kl_clamp: float | None = None
     # Truncated importance sampling cap on pi_old / pi_rollout (used when rollout log-probs are given).
     tis_cap: float | None = None
     # Loss-specific options (cispo: unified_mask, mask_eps_low, mask_eps_high; grpo/dapo: dual_clip).
@@ -172,10 +177,7 @@ class TrainerConfig:
             raise bad("tis_cap", self.tis_cap, "null or a number > 0")
         if self.loss_token_budget is not None and (not is_num(self.loss_token_budget) or self.loss_token_budget <= 0):
             raise bad("loss_token_budget", self.loss_token_budget, "null or a number > 0")
-        if not isinstance(self.loss_options, dict):
-            raise bad("loss_options", self.loss_options, "a mapping of option name to value")
-        unknown = set(self.loss_options) - LOSS_OPTIONS[self.loss]
-        if unknown:
-            allowed = ", ".join(sorted(LOSS_OPTIONS[self.loss])) or "none"
-            raise bad("loss_options", self.loss_options, f"options of loss {self.loss!r} ({allowed})")
+        if self.kl_clamp is not None and (not is_num(self.kl_clamp) or self.kl_clamp <= 0):
+            raise bad("kl_clamp", self.kl_clamp, "null or a number > 0")
+        parse_options(LOSS_OPTIONS[self.loss], self.loss_options, "trainer.loss_options")
         return self

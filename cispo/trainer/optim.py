@@ -1,7 +1,7 @@
 """Optimizer, learning-rate schedule and DeepSpeed config of the policy engine.
 
 A torch AdamW is the client optimizer: DeepSpeed's CPUAdam/FusedAdam JIT-compile for 40-60 s on
-CPU (DESIGN.md). DeepSpeed's wrappers (ZeRO 1-3, bf16) skip a step whose gradients are non-finite;
+CPU. DeepSpeed's wrappers (ZeRO 1-3, bf16) skip a step whose gradients are non-finite;
 plain fp32 ZeRO-0 has no wrapper, so :class:`GuardedAdamW` does it there.
 """
 

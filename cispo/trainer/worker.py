@@ -260,7 +260,7 @@ class PolicyWorker:
                 loss, metrics = compute_policy_loss(
                     cfg.loss, log_probs, old, micro.advantages, mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
                     agg=cfg.agg, ref_log_probs=micro.ref_log_probs, kl_coef=cfg.kl_coef,
-                    kl_estimator=cfg.kl_estimator,
+                    kl_estimator=cfg.kl_estimator, kl_clamp=cfg.kl_clamp,
                     rollout_log_probs=micro.rollout_log_probs if cfg.tis_cap is not None else None,
                     tis_cap=cfg.tis_cap, normalizer=normalizer, token_budget=token_budget,
                     group_ids=micro.group_ids, **cfg.loss_options)
