@@ -3,8 +3,9 @@ per-phase timer.
 
 `run_dir/metrics.jsonl` holds one JSON object per training step: ``{"step": N, "<key>": value, ...}``
 with plain ints / floats (NaN and Infinity written as Python's json does) / strings / null. Every
-line is flushed and fsynced before `log()` returns, so a crash loses at most the line being written,
-and `read_metrics` reports and ignores such a truncated last line. On resume from the checkpoint of
+line is fsynced before `log()` returns, so a crash loses at most the line being written, and
+`read_metrics` reports and ignores such a truncated last line; a write that fails (disk full, I/O
+error) is cut back and raises `MetricsWriteError`, so the file never holds half a line. On resume from the checkpoint of
 step N, lines with step > N are moved to `metrics.discarded.jsonl` (never deleted), so that the file
 of a resumed run equals that of a run that never stopped. The metric key names the comparison
 reads are listed at the top of `cispo/compare.py`.
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from cispo.checkpoint.atomic import write_bytes_atomic
+
 log = logging.getLogger(__name__)
 
 METRICS_FILENAME = "metrics.jsonl"
@@ -42,6 +45,12 @@ EVAL_ACCURACY_RE = re.compile(r"^eval/(?P<set>[^/]+)/avg@(?P<k>\d+)$")
 
 class MetricsFileError(ValueError):
     """A metrics file cannot be read: the message names the file and the line."""
+
+
+class MetricsWriteError(OSError):
+    """A metrics line could not be written (disk full, I/O error). The file was cut back to its last
+    complete line, so nothing half-written stays; the step's line is written again when the step is
+    redone after a resume (or restored from the checkpoint that holds it)."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -291,7 +300,7 @@ class MetricsLogger:
         self.columns = columns
         self.last_record: dict[str, Any] | None = self._prepare_file(resume_step)
         self._last_step = None if self.last_record is None else self.last_record[STEP_KEY]
-        self._file = open(self.path, "ab")
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._console = self._make_console(console)
         self._wandb_run = None
         if wandb_mode != "disabled":
@@ -300,7 +309,7 @@ class MetricsLogger:
                     wandb_mode, project, run_name or self.run_dir.name, dict(config or {}), resume_step
                 )
             except BaseException:
-                self._file.close()
+                self._close_fd()
                 raise
 
     # -- set-up ----------------------------------------------------------------------------------
@@ -329,17 +338,7 @@ class MetricsLogger:
                     f.write(b"".join(raw + b"\n" for raw in dropped))
                     f.flush()
                     os.fsync(f.fileno())
-            tmp = self.path.with_name(f".tmp_{METRICS_FILENAME}_{os.getpid()}")
-            with open(tmp, "wb") as f:
-                f.write(b"".join(raw + b"\n" for raw in kept_raw))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-            dir_fd = os.open(self.run_dir, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            write_bytes_atomic(self.path, b"".join(raw + b"\n" for raw in kept_raw))
         return kept_records[-1] if kept_records else None
 
     @staticmethod
@@ -389,9 +388,7 @@ class MetricsLogger:
             raise ValueError(f"metrics must not contain the key {STEP_KEY!r}: pass the step separately")
         record = {STEP_KEY: step, **dict(sorted(flat.items()))}
         line = json.dumps(record, allow_nan=True, separators=(",", ":")) + "\n"
-        self._file.write(line.encode("utf-8"))
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        self._append_line(step, line.encode("utf-8"))
         self._last_step = step
         self.last_record = record
         if self._wandb_run is not None:
@@ -400,9 +397,37 @@ class MetricsLogger:
             self._console.print(format_console_line(step, record, self.total_steps, self.columns))
         return record
 
+    def _append_line(self, step: int, data: bytes) -> None:
+        """Append one line durably, or not at all: on an OSError (ENOSPC, EIO, EFBIG) the file is cut
+        back to the size it had, so neither a partial line nor (after a retry) a duplicate is left."""
+        if self._fd is None:
+            raise ValueError(f"{self.path}: the logger is closed")
+        size = os.fstat(self._fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            os.fsync(self._fd)
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, size)
+                os.fsync(self._fd)
+            except OSError as cut:
+                log.error("%s: could not cut the file back to %d bytes after a failed write: %s",
+                          self.path, size, cut)
+            raise MetricsWriteError(
+                exc.errno, f"{self.path}: could not write the line of step {step} ({exc.strerror or exc}); "
+                f"the file ends at its last complete line"
+            ) from exc
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
     def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
+        self._close_fd()
         if self._wandb_run is not None:
             self._wandb_run.finish()
             self._wandb_run = None
