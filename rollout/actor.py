@@ -41,3 +41,10 @@ class RolloutActor:
     def update_weights(self, payload: PackedWeights | bytes, timeout_s: float | None = None) -> dict[str, float]:
         weights = unpack_weights(payload) if isinstance(payload, PackedWeights) else payload
         return self.engine.update_weights(weights, timeout_s=timeout_s)
+
+    def open_weight_channel(self, spec: object, rank_offset: int) -> list[int]:
+        """Join the collective weight channel (see `RolloutEngine.open_weight_channel`)."""
+        return self.engine.open_weight_channel(spec, rank_offset)
+
+    def receive_weights(self, timeout_s: float | None = None) -> dict[str, float]:
+        return self.engine.receive_weights(timeout_s=timeout_s)

@@ -159,6 +159,10 @@ class SamplingConfig:
             )
 
 
+WEIGHT_SYNC = ("object_store", "collective")
+CHANNEL_BACKENDS = ("auto", "gloo", "nccl")
+
+
 @dataclass
 class GroupConfig:
     """A group of rollout actors on Ray; each actor holds one engine."""
@@ -174,8 +178,33 @@ class GroupConfig:
     # Custom Ray resources each actor needs (e.g. {"rollout_node": 1} to pin engines to the nodes
     # started with `ray start --resources='{"rollout_node": 4}'`).
     resources: dict[str, float] = field(default_factory=dict)
+    weight_sync: str = "object_store"
+    """How the trainer's weights reach the engines after each update. ``object_store``: trainer rank 0
+    gathers the full state dict, puts it in Ray's object store once, every engine reads it (one
+    machine, tests). ``collective``: a process group joins trainer rank 0 and every engine worker
+    (each tensor-parallel rank); parameters are gathered one module at a time (ZeRO-3) and broadcast
+    in buckets of ``weight_bucket_mb``, loaded bucket by bucket, so no process holds a second full
+    copy of the model (the NCCL broadcast design of OpenRLHF and slime). docs/rollout.md, "Weight sync"."""
+    weight_bucket_mb: int = 256
+    """Bucket size of the collective channel in MiB: about its peak extra memory per process (a
+    tensor larger than a bucket travels alone). Larger buckets mean fewer, longer broadcasts."""
+    weight_channel_backend: str = "auto"
+    """Backend of the collective channel: ``auto`` = nccl when the engines have GPUs, else gloo."""
+    weight_channel_timeout_s: float = 300.0
+    """Seconds for the collective channel to form, and for each of its collectives: a member that is
+    gone or stuck raises an error after this long instead of hanging the run."""
 
     def validate(self) -> None:
+        if self.weight_sync not in WEIGHT_SYNC:
+            raise ValueError(f"GroupConfig.weight_sync must be one of {WEIGHT_SYNC}, got {self.weight_sync!r}")
+        if self.weight_channel_backend not in CHANNEL_BACKENDS:
+            raise ValueError(f"GroupConfig.weight_channel_backend must be one of {CHANNEL_BACKENDS}, "
+                             f"got {self.weight_channel_backend!r}")
+        if self.weight_bucket_mb < 1:
+            raise ValueError(f"GroupConfig.weight_bucket_mb must be >= 1, got {self.weight_bucket_mb}")
+        if not self.weight_channel_timeout_s > 0:
+            raise ValueError(
+                f"GroupConfig.weight_channel_timeout_s must be > 0, got {self.weight_channel_timeout_s}")
         if self.num_actors < 1:
             raise ValueError(f"GroupConfig.num_actors must be >= 1, got {self.num_actors}")
         if self.num_cpus_per_actor < 0:

@@ -305,6 +305,54 @@ class RolloutEngine:
             "total_s": t1 - t0,
         }
 
+    # ------------------------------------------------- collective weight channel
+    @property
+    def channel_ranks(self) -> int:
+        """Members this engine adds to a weight channel: one per worker (tensor-parallel rank)."""
+        return self.config.tensor_parallel_size
+
+    def open_weight_channel(self, spec: Any, rank_offset: int) -> list[int]:
+        """Join the trainer's weight channel (`rollout.weight_channel.ChannelSpec`); this engine's
+        workers take ranks rank_offset .. rank_offset + channel_ranks - 1. Blocks until the whole
+        group has formed or spec.timeout_s passes."""
+        self._check_idle()
+        ranks = self.llm.collective_rpc("cispo_channel_open", timeout=spec.timeout_s * 1.5 + 5.0,
+                                        args=(spec, rank_offset))
+        return [int(r) for r in ranks]
+
+    def receive_weights(self, *, timeout_s: float | None = None) -> dict[str, float]:
+        """Receive one streamed update from the weight channel (the sender runs at the same time);
+        names and shapes are validated before any tensor moves; the prefix cache is reset after
+        the last bucket. Same errors as `update_weights`."""
+        timeout = self.config.weight_update_timeout_s if timeout_s is None else timeout_s
+        if not timeout > 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout}")
+        self._check_idle()
+        t0 = time.perf_counter()
+        fut = self._executor.submit(self._receive, timeout)
+        try:
+            stats = fut.result(timeout=timeout)
+        except concurrent.futures.TimeoutError as e:
+            self._pending_update = fut
+            raise WeightSyncTimeoutError(
+                f"streamed weight update did not finish within {timeout:.1f} s; the engine is unusable "
+                "until it does (generate/update_weights will raise)"
+            ) from e
+        except ValueError:
+            raise  # a refused manifest: names the tensor, nothing was loaded
+        except WeightSyncError:
+            raise
+        except Exception as e:  # noqa: BLE001 - surfaced with context
+            raise WeightSyncError(f"streamed weight update failed inside vLLM: {type(e).__name__}: {e}") from e
+        self.weight_version += 1
+        return stats | {"total_s": time.perf_counter() - t0}
+
+    def _receive(self, timeout: float) -> dict[str, float]:
+        stats = self.llm.collective_rpc("cispo_channel_receive", timeout=timeout, args=(self.expected,))
+        if not self.llm.reset_prefix_cache():
+            raise WeightSyncError("vLLM refused to reset the prefix cache after the weight update")
+        return stats[0]
+
     def _load(self, payload: Any, timeout: float) -> int:
         counts = self.llm.collective_rpc("cispo_load_weights", timeout=timeout, args=(payload,))
         if not self.llm.reset_prefix_cache():

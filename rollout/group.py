@@ -9,7 +9,7 @@ global (see SamplingConfig), so how prompts are split does not change which seed
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +20,8 @@ from rollout.actor import RolloutActor
 from rollout.config import EngineConfig, GroupConfig, SamplingConfig
 from rollout.engine import Prompt
 from rollout.types import RolloutResult
-from rollout.weight_sync import PackedWeights, WeightsLike, WeightSyncTimeoutError, pack_weights
+from rollout.weight_channel import ChannelSpec, WeightStream
+from rollout.weight_sync import PackedWeights, WeightsLike, WeightSyncError, WeightSyncTimeoutError, pack_weights
 
 
 class RolloutGroupError(RuntimeError):
@@ -78,6 +79,10 @@ class RolloutGroup:
         self.actors = [self._spawn(i) for i in range(self.config.num_actors)]
         ray.get([a.ready.remote() for a in self.actors])
         self._weights_ref: ray.ObjectRef | None = None
+        # Collective channel (GroupConfig.weight_sync="collective"): formed by the trainer through
+        # `connect_weight_channel`; `weights_source` re-exports the weights for a restarted actor.
+        self.channel: ChannelSpec | None = None
+        self.weights_source: Callable[[], tuple[ray.ObjectRef, int]] | None = None
         self.metrics: dict[str, float] = {
             "actor_restarts": 0,
             "resubmitted_prompts": 0,
@@ -166,8 +171,66 @@ class RolloutGroup:
         """Like `RolloutEngine.generate` over all actors: prompt-major, sample-minor order."""
         return self.collect(self.submit(prompts, sampling, group_ids=group_ids))
 
+    # ------------------------------------------------------- collective channel
+    def channel_backend(self) -> str:
+        b = self.config.weight_channel_backend
+        return b if b != "auto" else ("nccl" if self.config.num_gpus_per_actor > 0 else "gloo")
+
+    def connect_weight_channel(self, host: str, port: int, open_sender: Callable[[ChannelSpec], ray.ObjectRef],
+                               weights_source: Callable[[], tuple[ray.ObjectRef, int]] | None = None) -> ChannelSpec:
+        """Form the collective weight channel: the sender (rank 0, started by `open_sender(spec)`, a
+        Ray call on the trainer's rank 0 that hosts the store at host:port) and every worker of every
+        engine. Raises WeightSyncError naming the members that did not join in time."""
+        tp = self.engine_config.tensor_parallel_size
+        spec = ChannelSpec(host=host, port=int(port), world_size=1 + len(self.actors) * tp,
+                           backend=self.channel_backend(), timeout_s=self.config.weight_channel_timeout_s,
+                           bucket_bytes=self.config.weight_bucket_mb * 2**20).validate()
+        self.channel = None
+        sender = open_sender(spec)
+        members = {a.open_weight_channel.remote(spec, 1 + i * tp): f"rollout actor {i}" for i, a in enumerate(self.actors)}
+        members[sender] = "trainer rank 0"
+        ready, late = ray.wait(list(members), num_returns=len(members), timeout=spec.timeout_s * 1.5 + 10.0)
+        errors = []
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except Exception as e:  # noqa: BLE001 - collected, reported together
+                errors.append(f"{members[ref]}: {e}")
+        if late or errors:
+            raise WeightSyncError(
+                f"the weight channel at {host}:{port} ({spec.backend}, {spec.world_size} members) did not form: "
+                + "; ".join(errors + [f"{members[r]} did not join within {spec.timeout_s:.0f} s" for r in late]))
+        self.channel = spec
+        self.weights_source = weights_source
+        return spec
+
+    def _receive_stream(self, stream: WeightStream) -> list[dict[str, float]]:
+        """Receive on every actor while the trainer sends; the first clear error wins (a receiver's
+        refusal names the tensor). Any failure closes the channel: the next sync forms a new one."""
+        timeout = self.config.weight_channel_timeout_s
+        receivers = [a.receive_weights.remote(self.engine_config.weight_update_timeout_s) for a in self.actors]
+        names = {r: f"rollout actor {i}" for i, r in enumerate(receivers)}
+        names.update({r: f"trainer rank {k}" for k, r in enumerate(stream.sender_refs)})
+        ready, late = ray.wait(list(names), num_returns=len(names),
+                               timeout=max(timeout, self.engine_config.weight_update_timeout_s) * 1.5 + 10.0)
+        try:
+            stats = []
+            for ref in receivers + list(stream.sender_refs):  # receivers first: their errors are the precise ones
+                if ref in ready:
+                    out = ray.get(ref)
+                    if ref in receivers:
+                        stats.append(out)
+            if late:
+                raise WeightSyncTimeoutError(
+                    f"streamed weight sync: {sorted(names[r] for r in late)} did not finish within "
+                    f"{max(timeout, self.engine_config.weight_update_timeout_s) * 1.5 + 10.0:.0f} s")
+        except Exception:
+            self.channel = None
+            raise
+        return stats
+
     # ----------------------------------------------------------- weight update
-    def update_weights(self, weights: WeightsLike | bytes | tuple[ray.ObjectRef, int]) -> dict[str, float]:
+    def update_weights(self, weights: WeightsLike | bytes | tuple[ray.ObjectRef, int] | WeightStream) -> dict[str, float]:
         """Push a full update to every actor (one copy in the object store, shared by all).
 
         ``(ObjectRef, num_bytes)`` of a ``PackedWeights`` already in the object store (what
@@ -178,6 +241,15 @@ class RolloutGroup:
         the same weights.
         """
         t0 = time.perf_counter()
+        if isinstance(weights, WeightStream):
+            if self.channel is None:
+                raise WeightSyncError("no weight channel is open: connect_weight_channel() first")
+            stats = self._receive_stream(weights)
+            self._weights_ref = None  # a restarted actor asks weights_source instead
+            self.metrics["weight_updates"] += 1
+            return {"num_bytes": stats[0]["num_bytes"], "num_buckets": stats[0]["num_buckets"],
+                    "serialize_s": 0.0, "max_actor_load_s": max(s["total_s"] for s in stats),
+                    "total_s": time.perf_counter() - t0}
         if isinstance(weights, tuple) and len(weights) == 2 and isinstance(weights[0], ray.ObjectRef):
             # Already in the object store (the trainer put it there): forward the reference.
             ref, size = weights
@@ -221,8 +293,13 @@ class RolloutGroup:
             pass
         new = self._spawn(idx)
         ray.get(new.ready.remote())
-        if self._weights_ref is not None:
-            ray.get(new.update_weights.remote(self._weights_ref, self.engine_config.weight_update_timeout_s))
+        ref = self._weights_ref
+        if ref is None and self.weights_source is not None:
+            ref = self.weights_source()[0]  # streamed syncs keep no copy: export one for this actor
+        if self.channel is not None:
+            self.channel = None  # the new actor is not a member: the next sync forms a new channel
+        if ref is not None:
+            ray.get(new.update_weights.remote(ref, self.engine_config.weight_update_timeout_s))
         self.actors[idx] = new
         self.metrics["actor_restarts"] += 1
 

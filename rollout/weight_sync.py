@@ -92,7 +92,8 @@ class ExpectedWeights:
             )
         for head, embed in self.tied_pairs:
             if head in out and embed in out:
-                if not torch.equal(out[head], out[embed]):
+                # Meta tensors (a streamed sync's manifest) carry no values to compare.
+                if not (out[head].is_meta or out[embed].is_meta) and not torch.equal(out[head], out[embed]):
                     raise ValueError(f"tied model: {head!r} and {embed!r} differ in the update")
             elif head in out:
                 out[embed] = out[head]
@@ -112,6 +113,25 @@ class ExpectedWeights:
             if not t.is_floating_point():
                 raise ValueError(f"weight {name!r} has dtype {t.dtype}; expected a floating dtype")
         return out
+
+    def check_manifest(self, specs: Iterable[tuple[str, tuple[int, ...], str]]) -> dict[str, list[str]]:
+        """Validate a streamed sync's (name, shape, dtype) list exactly as `check` validates tensors,
+        before any tensor moves; return the tied names to fill in: {sent name: [also load as]}."""
+        metas: list[tuple[str, torch.Tensor]] = []
+        for name, shape, dtype in specs:
+            dt = getattr(torch, str(dtype), None)
+            if not isinstance(dt, torch.dtype):
+                raise ValueError(f"weight {name!r} has unknown dtype {dtype!r}")
+            metas.append((name, torch.empty(tuple(shape), dtype=dt, device="meta")))
+        sent = {n for n, _ in metas}
+        self.check(metas)
+        aliases: dict[str, list[str]] = {}
+        for head, embed in self.tied_pairs:
+            if embed in sent and head not in sent:
+                aliases.setdefault(embed, []).append(head)
+            elif head in sent and embed not in sent:
+                aliases.setdefault(head, []).append(embed)
+        return aliases
 
 
 @dataclass(frozen=True)
@@ -167,7 +187,50 @@ def from_safetensors_bytes(payload: bytes) -> dict[str, torch.Tensor]:
 
 
 class WeightSyncExtension:
-    """Mixed into vLLM's worker class; its methods run inside the worker (see module doc)."""
+    """Mixed into vLLM's worker class; its methods run inside the worker (see module doc).
+
+    The `cispo_channel_*` methods serve the collective channel (`rollout.weight_channel`): every
+    worker of an engine (one per tensor-parallel rank) joins the trainer's group with its own rank
+    and receives the full tensors; vLLM's loaders keep the shard each rank needs."""
+
+    def cispo_channel_open(self, spec, rank_offset: int) -> int:  # noqa: ANN001 - a ChannelSpec
+        """Join the weight channel as rank `rank_offset + this worker's rank`; return that rank."""
+        from rollout.weight_channel import WeightChannel
+
+        old = getattr(self, "_cispo_channel", None)
+        if old is not None:
+            old.close()
+        rank = rank_offset + int(getattr(self, "rank", 0))
+        self._cispo_channel = WeightChannel(spec, rank, device=getattr(self, "device", "cpu"))
+        return rank
+
+    def cispo_channel_receive(self, expected: ExpectedWeights) -> dict[str, float]:
+        """Receive one streamed sync: validate its manifest against `expected`, then reload the
+        weights bucket by bucket through the same in-place path as `cispo_load_weights`."""
+        channel = getattr(self, "_cispo_channel", None)
+        if channel is None:
+            raise WeightSyncError("this engine has not joined a weight channel (cispo_channel_open)")
+        aliases: dict[str, list[str]] = {}
+
+        def check(manifest) -> None:  # noqa: ANN001 - list[TensorSpec]
+            aliases.update(expected.check_manifest((s.name, s.shape, s.dtype) for s in manifest))
+
+        def with_aliases(stream):  # noqa: ANN001, ANN202 - iterator of (name, tensor)
+            for name, t in stream:
+                yield name, t
+                for alias in aliases.get(name, ()):
+                    yield alias, t
+
+        def load(stream) -> None:  # noqa: ANN001
+            self.reload_weights(weights_iterator=with_aliases(stream), is_checkpoint_format=True)
+
+        return channel.receive(check, load)
+
+    def cispo_channel_close(self) -> None:
+        channel = getattr(self, "_cispo_channel", None)
+        if channel is not None:
+            channel.close()
+            self._cispo_channel = None
 
     def cispo_load_weights(self, payload: Mapping[str, torch.Tensor] | bytes) -> int:
         """Load a full, already validated update in place; return the number of tensors."""

@@ -69,6 +69,14 @@ class PolicyActor:
         packed = pack_weights(weights)
         return packed, sum(a.nbytes for a in packed.arrays.values())
 
+    def open_weight_channel(self, spec: object) -> None:
+        """Rank 0: host and join the collective weight channel (see ``TrainerGroup.weights_for``)."""
+        self._ready().open_weight_channel(spec)
+
+    def send_weights(self) -> dict[str, float]:
+        """Stream one weight sync on the channel (every rank gathers; rank 0 sends)."""
+        return self._ready().send_weights()
+
     def training_state(self) -> dict[str, dict[str, Tensor]]:
         return self._ready().training_state()
 

@@ -111,6 +111,26 @@ class TrainerGroup:
         sizes = ray.get([size for _, size in pairs])  # waits for every rank (collective under ZeRO-3)
         return pairs[0][0], sizes[0]
 
+    def connect_weight_channel(self, rollout) -> None:  # noqa: ANN001 - a rollout.group.RolloutGroup
+        """Form the collective weight channel between rank 0 and every engine worker of `rollout`."""
+        import ray
+
+        addr, port = ray.get(self.actors[0].address.remote(), timeout=self.config.setup_timeout_s)
+        rollout.connect_weight_channel(addr, port, self.actors[0].open_weight_channel.remote,
+                                       weights_source=self.export_weights_ref)
+
+    def weights_for(self, rollout):  # noqa: ANN001, ANN201 - RolloutGroup -> what its update_weights takes
+        """The argument of ``rollout.update_weights`` for its ``weight_sync`` channel: a streamed send
+        under way (``collective``; the channel is formed first if it is not open) or an object-store
+        reference to rank 0's weights (``object_store``)."""
+        if rollout.config.weight_sync != "collective":
+            return self.export_weights_ref()
+        from rollout.weight_channel import WeightStream
+
+        if rollout.channel is None:
+            self.connect_weight_channel(rollout)
+        return WeightStream(tuple(a.send_weights.remote() for a in self.actors))
+
     def save(self, directory: str | os.PathLike) -> None:
         self._all("save", str(directory))
 

@@ -308,6 +308,77 @@ class PolicyWorker:
             state[head_key] = state[source].clone()
         return state
 
+    def _unique_parameters(self) -> list[tuple[str, list[tuple[str, torch.nn.Parameter]]]]:
+        """(module name, its own parameters with full names) in module order, each parameter once
+        (a tied head is skipped: the engine fills it from the embedding)."""
+        seen: set[int] = set()
+        out = []
+        for mod_name, module in self.hf_model.named_modules():
+            own = []
+            for p_name, p in module.named_parameters(recurse=False):
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    own.append((f"{mod_name}.{p_name}" if mod_name else p_name, p))
+            if own:
+                out.append((mod_name, own))
+        return out
+
+    def weight_manifest(self) -> list[tuple[str, tuple[int, ...], str]]:
+        """(name, full shape, dtype) of every parameter in streaming order, without gathering
+        (ZeRO-3 keeps the full shape in ``ds_shape``)."""
+        return [(name, tuple(getattr(p, "ds_shape", p.shape)), str(p.dtype).removeprefix("torch."))
+                for _, params in self._unique_parameters() for name, p in params]
+
+    def iter_weights(self):  # noqa: ANN201 - Iterator[Tensor]
+        """The parameters in manifest order, gathered one module at a time under ZeRO-3 (collective:
+        every rank must run it to the end). Each tensor is valid only until the next is requested."""
+        import deepspeed
+
+        for _, params in self._unique_parameters():
+            ctx = (deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=None)
+                   if self.config.zero_stage == 3 else nullcontext())
+            with ctx, torch.no_grad():
+                for _, p in params:
+                    yield p.detach()
+
+    def open_weight_channel(self, spec) -> None:  # noqa: ANN001 - rollout.weight_channel.ChannelSpec
+        """Rank 0 hosts and joins the collective weight channel as its sender (blocks until it forms)."""
+        from rollout.weight_channel import WeightChannel
+
+        if self.rank != 0:
+            raise RuntimeError("only trainer rank 0 joins the weight channel")
+        old = getattr(self, "weight_channel", None)
+        if old is not None:
+            old.close()
+        self.weight_channel = None
+        self.weight_channel = WeightChannel(spec, 0, device=self.device if spec.backend == "nccl" else "cpu")
+
+    def send_weights(self) -> dict[str, float]:
+        """One streamed sync (collective over the trainer ranks under ZeRO-3): every rank gathers
+        module by module; rank 0 broadcasts the buckets on its weight channel. If sending fails,
+        rank 0 still finishes the gathers so the other ranks are not left waiting in one."""
+        start = time.perf_counter()
+        weights = self.iter_weights()
+        if self.rank != 0:
+            for _ in weights:
+                pass
+            return {"total_s": time.perf_counter() - start}
+        channel = getattr(self, "weight_channel", None)
+        if channel is None:
+            for _ in weights:
+                pass
+            raise RuntimeError("trainer rank 0 has no weight channel: open_weight_channel() first")
+        from rollout.weight_channel import TensorSpec
+
+        manifest = [TensorSpec(n, s, d) for n, s, d in self.weight_manifest()]
+        try:
+            stats = channel.send(manifest, weights)
+        except Exception:
+            for _ in weights:
+                pass
+            raise
+        return stats | {"total_s": time.perf_counter() - start}
+
     def training_state(self) -> dict[str, dict[str, Tensor]]:
         """fp32 master weights and Adam moments per parameter name (collective under ZeRO-3);
         for checking that a resume is exact."""
