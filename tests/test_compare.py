@@ -186,7 +186,7 @@ def test_plots_exist_and_missing_keys_are_warned_not_fatal(result: tuple[dict, P
         for stem in ("reward_mean", "eval_arith_avg_at_4", "actor_entropy", "actor_is_clip_frac_high",
                      "actor_is_clip_frac_low", "actor_dropped_token_frac", "dyn_rounds")
         for axis in ("step", "time")
-    }
+    } | {"fit_eval_arith_avg_at_4_vs_step.png"}  # the compute-performance fit (default axis: step)
     assert set(summary["plots"]) == expected
     for name in expected:
         data = (out / name).read_bytes()

@@ -68,6 +68,8 @@ def render_report(
         )
     if not summary["accuracy"]:
         lines += ["## Eval accuracy", "", "No run logged an eval accuracy (`eval/<set>/avg@<k>`).", ""]
+    lines += render_curves(summary.get("curves") or {}, summary["confidence"])
+    lines += render_paired(summary.get("paired") or {}, summary["confidence"], fmt)
     if summary["reward"]:
         lines += ["## Training reward", ""]
         rows = [
@@ -109,3 +111,76 @@ def render_report(
     if summary["warnings"]:
         lines += ["## Warnings", ""] + [f"- {w}" for w in summary["warnings"]] + [""]
     return "\n".join(lines)
+
+
+def _interval(ci: Sequence[float] | None, fmt: str) -> str:
+    return "" if ci is None else f"[{fmt.format(ci[0])}, {fmt.format(ci[1])}]"
+
+
+def _fit_cells(fit: Mapping[str, Any] | None, reason: str | None) -> list[str]:
+    if fit is None:
+        return ["no fit: " + (reason or "")] + [""] * 4
+    flags = []
+    if not fit["bent"]:
+        flags.append("C_mid past the data: A extrapolated")
+    if fit["at_search_edge"]:
+        flags.append("on search bound: " + ", ".join(fit["at_search_edge"]))
+    if fit["r0_fitted"]:
+        flags.append("R0 fitted")
+    return [f"{fit['a']:.4f}", f"{fit['b']:.3f}", f"{fit['c_mid']:.4g}", f"{fit['r0']:.4f}",
+            f"{fit['rmse']:.4f}" + (" (" + "; ".join(flags) + ")" if flags else "")]
+
+
+def render_curves(curves: Mapping[str, Any], confidence: float) -> list[str]:
+    """Fitted A, B, C_mid per group (bootstrap intervals over seeds) and per run."""
+    lines: list[str] = []
+    for key, section in curves.items():
+        axis = section["axis"]
+        lines += [f"## Compute-performance curve `{key}` vs {axis}", ""]
+        lines.append(
+            "ScaleRL's fit R(C) = R0 + (A - R0) / (1 + (C_mid / C)^B) (arXiv 2510.13786, Eq. 1): A = the "
+            "asymptote, B = the efficiency, C_mid = the compute at half the gain. Per group: one fit to "
+            f"all its seeds' points; [..] = {confidence:.0%} percentile bootstrap interval over seeds "
+            "(seeds resampled with replacement)."
+        )
+        lines.append("")
+        rows = []
+        for name, entry in section["groups"].items():
+            cells = _fit_cells(entry["fit"], entry["reason"])
+            ci = entry["ci"] or {}
+            boot = entry["bootstrap"]
+            rows.append([name, len(entry["runs"]),
+                         cells[0] + (" " + _interval(ci.get("a"), "{:.4f}") if ci else ""),
+                         cells[1] + (" " + _interval(ci.get("b"), "{:.3f}") if ci else ""),
+                         cells[2] + (" " + _interval(ci.get("c_mid"), "{:.4g}") if ci else ""),
+                         cells[3], cells[4],
+                         "" if boot is None else f"{boot['resamples']} ({boot['failed']} failed)"])
+        lines += md_table(["group", "runs", "A", "B", f"C_mid ({axis})", "R0", "rmse", "bootstrap"], rows)
+        rows = [[name, run["seed"], *_fit_cells(run["fit"], run["reason"])]
+                for name, entry in section["groups"].items() for run in entry["runs"]]
+        lines += ["Per run:", ""]
+        lines += md_table(["group", "seed", "A", "B", f"C_mid ({axis})", "R0", "rmse"], rows)
+    return lines
+
+
+def render_paired(paired: Mapping[str, Any], confidence: float, fmt: str) -> list[str]:
+    """Paired differences by seed: mean, bootstrap and t intervals, and the verdict."""
+    lines: list[str] = []
+    for key, rows_in in paired.items():
+        lines += [f"## Paired comparisons by seed `{key}`", ""]
+        lines.append(
+            f"first - second over the seeds both groups ran; {confidence:.0%} intervals: percentile bootstrap "
+            "over seed pairs (the verdict) and paired Student-t. With fewer than ~10 pairs the bootstrap "
+            "interval is too narrow (it cannot be wider than the spread of the pairs); read the t "
+            "interval beside it."
+        )
+        lines.append("")
+        rows = []
+        for r in rows_in:
+            mean = "" if r["mean"] is None else fmt.format(r["mean"])
+            rows.append([f"{r['first']} - {r['second']}", r["metric"] + (f" ({r['note']})" if r["note"] else ""),
+                         r["n"], mean, _interval(r["bootstrap_ci"], fmt), _interval(r["t_ci"], fmt), r["verdict"],
+                         r["left_out"] or ""])
+        lines += md_table(["pair", "metric", "pairs", "mean difference", "bootstrap CI", "t CI", "verdict",
+                           "pairs left out"], rows)
+    return lines

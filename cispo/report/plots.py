@@ -92,3 +92,49 @@ def plot_curves(
         fig.savefig(path)
         written.append(path)
     return written, warnings
+
+
+def plot_fits(
+    points: Mapping[str, list[tuple[np.ndarray, np.ndarray]]],
+    fits: Mapping[str, Mapping[str, float] | None],
+    *,
+    key: str,
+    axis: str,
+    axis_label: str,
+    title: str,
+    out_dir: Path,
+    dense_points: int,
+    style: PlotStyle = PlotStyle(),
+) -> Path:
+    """`fit_<key>_vs_<axis>.png`: each group's runs as points (one colour per group) and its fitted
+    curve R(C) as a line, labelled with A, B and C_mid; a group without a fit shows points only."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from cispo.report.curvefit import saturating_curve
+
+    fig = Figure(figsize=style.figure_size, dpi=style.dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    top = max((float(x.max()) for runs in points.values() for x, _ in runs if x.size), default=1.0)
+    dense = np.linspace(0.0, top, dense_points)
+    for index, (name, runs) in enumerate(points.items()):
+        color = f"C{index % 10}"
+        for x, y in runs:
+            ax.plot(x, y, linestyle="none", marker=".", color=color, alpha=style.band_alpha * 2)
+        fit = fits.get(name)
+        if fit is None:
+            ax.plot([], [], linestyle="none", marker=".", color=color, label=f"{name} (n={len(runs)}, no fit)")
+            continue
+        label = f"{name} (n={len(runs)}): A={fit['a']:.3f} B={fit['b']:.2f} C_mid={fit['c_mid']:.3g}"
+        ax.plot(dense, saturating_curve(dense, fit["r0"], fit["a"], fit["b"], fit["c_mid"]), color=color,
+                label=label)
+    ax.set_title(title, fontsize="medium")
+    ax.set_xlabel(axis_label)
+    ax.set_ylabel(key)
+    ax.grid(True, alpha=style.grid_alpha)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    path = out_dir / f"fit_{file_stem(key)}_vs_{axis}.png"
+    fig.savefig(path)
+    return path
