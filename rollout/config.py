@@ -185,7 +185,7 @@ class GroupConfig:
     (each tensor-parallel rank); parameters are gathered one module at a time (ZeRO-3) and broadcast
     in buckets of ``weight_bucket_mb``, loaded bucket by bucket, so no process holds a second full
     copy of the model (the NCCL broadcast design of OpenRLHF and slime). docs/rollout.md, "Weight sync"."""
-    weight_bucket_mb: int = 256
+    weight_bucket_mb: float = 256.0
     """Bucket size of the collective channel in MiB: about its peak extra memory per process (a
     tensor larger than a bucket travels alone). Larger buckets mean fewer, longer broadcasts."""
     weight_channel_backend: str = "auto"
@@ -200,8 +200,8 @@ class GroupConfig:
         if self.weight_channel_backend not in CHANNEL_BACKENDS:
             raise ValueError(f"GroupConfig.weight_channel_backend must be one of {CHANNEL_BACKENDS}, "
                              f"got {self.weight_channel_backend!r}")
-        if self.weight_bucket_mb < 1:
-            raise ValueError(f"GroupConfig.weight_bucket_mb must be >= 1, got {self.weight_bucket_mb}")
+        if not self.weight_bucket_mb > 0:
+            raise ValueError(f"GroupConfig.weight_bucket_mb must be > 0, got {self.weight_bucket_mb}")
         if not self.weight_channel_timeout_s > 0:
             raise ValueError(
                 f"GroupConfig.weight_channel_timeout_s must be > 0, got {self.weight_channel_timeout_s}")

@@ -184,7 +184,7 @@ class RolloutGroup:
         tp = self.engine_config.tensor_parallel_size
         spec = ChannelSpec(host=host, port=int(port), world_size=1 + len(self.actors) * tp,
                            backend=self.channel_backend(), timeout_s=self.config.weight_channel_timeout_s,
-                           bucket_bytes=self.config.weight_bucket_mb * 2**20).validate()
+                           bucket_bytes=max(1, int(self.config.weight_bucket_mb * 2**20))).validate()
         self.channel = None
         sender = open_sender(spec)
         members = {a.open_weight_channel.remote(spec, 1 + i * tp): f"rollout actor {i}" for i, a in enumerate(self.actors)}
