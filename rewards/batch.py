@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from rewards import types as R
-from rewards.config import DEFAULT_CONFIG, RewardConfig
+from rewards.config import DEFAULT_CONFIG, RewardConfig, resolve_config
 from rewards.extract import extract_code, extract_math_answer
 from rewards.math_reward import TIMED_OUT
-from rewards.scoring import resolve_config
 from rewards.types import RewardResult
 
 HEADER = 8
@@ -167,9 +166,9 @@ class RewardPool:
             results[i] = res
         return results
 
-    def verify(self, gold: str, pred: str, timeout_s: float, grace_s: float) -> tuple[str, str]:
-        """One math-verify equivalence check under a hard deadline."""
-        task = _Task("verify", (gold, pred, timeout_s), timeout_s + grace_s,
+    def verify(self, gold: str, pred: str, timeout_s: float, grace_s: float, rel_tol: float | None = None) -> tuple[str, str]:
+        """One math-verify equivalence check under a hard deadline (rel_tol: see verify_inline)."""
+        task = _Task("verify", (gold, pred, timeout_s, rel_tol), timeout_s + grace_s,
                      (TIMED_OUT, f"math-verify worker killed after {timeout_s + grace_s:g}s"),
                      (TIMED_OUT, "math-verify worker died"))
         return self.run([task])[0]
@@ -338,6 +337,6 @@ def score_batch(items: Iterable[Any], *, workers: int | None = None, config: Rew
     return shared_pool(workers).score_batch(items, config=config)
 
 
-def guarded_verify(gold: str, pred: str, timeout_s: float) -> tuple[str, str]:
+def guarded_verify(gold: str, pred: str, timeout_s: float, rel_tol: float | None = None) -> tuple[str, str]:
     """math-verify off this process, so a hang costs one killed worker, not the caller."""
-    return shared_pool(1).verify(gold, pred, timeout_s, DEFAULT_CONFIG.hard_timeout_grace_s)
+    return shared_pool(1).verify(gold, pred, timeout_s, DEFAULT_CONFIG.hard_timeout_grace_s, rel_tol)

@@ -31,6 +31,29 @@ class RewardConfig:
     math_timeout_s: float = 5.0  # hard limit for one math-verify parse + compare
     aime_min: int = 0
     aime_max: int = 999
+    math_strict: bool = True
+    """Grade math answers like a careful human (docs/rewards-math.md): one visible final answer
+    (hedged or several differing answers score 0 as `multiple_answers`), units, words, negations
+    and equations checked before math-verify, plain numbers compared exactly. The strict rules
+    and the relaxations below apply only when this is True; False restores the earlier grader
+    (the answer written last wins, math-verify's verdict as is)."""
+    math_allow_multiple_answers: bool = False
+    """Relaxation: when a response writes several differing final answers, grade the one written
+    last instead of refusing the response (what verl/DAPO-style "last box" graders do)."""
+    math_ignore_units: bool = False
+    """Relaxation: do not compare units (`500 kg` then equals a gold of `500 g`). By default a
+    unit missing on either side is no error, a different one is (no unit conversion)."""
+    math_allow_equations: bool = False
+    """Relaxation: grade any equation by math-verify (which reduces `4 = 5` to its right-hand side).
+    By default an equation is accepted only as `variable = value` (`x = 5`, `m+n = 7`)."""
+    math_ignore_text: bool = False
+    """Relaxation: ignore words inside `\\text{}` that are not a unit (math-verify drops them).
+    By default qualifying or extra words (`\\text{ or more}`, `\\text{ approximately}`) make the
+    answer wrong unless the gold has them too."""
+    math_rel_tol: float = 1e-6
+    """Relative tolerance for numbers: a decimal answer that is the gold rounded to its places and
+    within this relative error is accepted (`0.333333` for 1/3); math-verify's own absolute
+    rounding to 6 decimals is additionally held to it (so `0.0` is not `1e-7`). 0: exact only."""
 
     # --- code
     code_extraction: str = "last_python_block"
@@ -79,6 +102,10 @@ class RewardConfig:
             "pool_start_timeout_s",
         ):
             _positive(self, name)
+        if isinstance(self.math_rel_tol, bool) or not isinstance(self.math_rel_tol, (int, float)) \
+                or not math.isfinite(self.math_rel_tol) or not 0.0 <= self.math_rel_tol < 1.0:
+            raise ValueError(f"reward.math_rel_tol must be a number in [0, 1), got {self.math_rel_tol!r}")
+        object.__setattr__(self, "math_rel_tol", float(self.math_rel_tol))
         if not 0.0 <= float(self.code_io_float_tolerance) < 1.0 or not math.isfinite(self.code_io_float_tolerance):
             raise ValueError(f"reward.code_io_float_tolerance must be in [0, 1), got {self.code_io_float_tolerance!r}")
         for name in ("aime_min", "aime_max"):
@@ -115,6 +142,11 @@ class RewardConfig:
         object.__setattr__(self, "code_uid_range", lo_hi)
         for name in (
             "strip_think",
+            "math_strict",
+            "math_allow_multiple_answers",
+            "math_ignore_units",
+            "math_allow_equations",
+            "math_ignore_text",
             "code_partial_credit",
             "code_allow_site_packages",
             "code_use_namespaces",
@@ -141,6 +173,21 @@ class RewardConfig:
         return dataclasses.replace(self, **overrides)
 
 
+def resolve_config(options: dict[str, Any]) -> RewardConfig:
+    """`config=` (a RewardConfig) plus any RewardConfig field given by name as an override.
+
+    Lives here (not in rewards.scoring) so that rewards.batch needs nothing from rewards.scoring,
+    which itself uses the pool in rewards.batch: no import circle.
+    """
+    options = dict(options)
+    cfg = options.pop("config", None)
+    if cfg is None:
+        cfg = DEFAULT_CONFIG
+    if not isinstance(cfg, RewardConfig):
+        raise ValueError(f"config must be a RewardConfig, got {type(cfg).__name__}")
+    return cfg.replace(**options) if options else cfg
+
+
 def _finite(cfg: RewardConfig, name: str) -> None:
     value = getattr(cfg, name)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -162,4 +209,4 @@ def _int(cfg: RewardConfig, name: str, *, minimum: int) -> None:
 
 DEFAULT_CONFIG = RewardConfig()
 
-__all__ = ["RewardConfig", "DEFAULT_CONFIG", "MATH_FORMATS", "CODE_EXTRACTIONS"]
+__all__ = ["RewardConfig", "DEFAULT_CONFIG", "resolve_config", "MATH_FORMATS", "CODE_EXTRACTIONS"]

@@ -11,7 +11,8 @@ from typing import Any
 
 from rewards import types as R
 from rewards.code_reward import score_code
-from rewards.config import DEFAULT_CONFIG, RewardConfig
+from rewards.batch import guarded_verify
+from rewards.config import RewardConfig, resolve_config
 from rewards.math_reward import score_aime, score_math, verify_inline
 from rewards.types import RewardResult
 
@@ -19,23 +20,10 @@ from rewards.types import RewardResult
 IN_WORKER = False
 
 
-def resolve_config(options: dict[str, Any]) -> RewardConfig:
-    """`config=` (a RewardConfig) plus any RewardConfig field given by name as an override."""
-    options = dict(options)
-    cfg = options.pop("config", None)
-    if cfg is None:
-        cfg = DEFAULT_CONFIG
-    if not isinstance(cfg, RewardConfig):
-        raise ValueError(f"config must be a RewardConfig, got {type(cfg).__name__}")
-    return cfg.replace(**options) if options else cfg
-
-
-def _verify(gold: str, pred: str, timeout_s: float) -> tuple[str, str]:
+def _verify(gold: str, pred: str, timeout_s: float, rel_tol: float | None = None) -> tuple[str, str]:
     if IN_WORKER:
-        return verify_inline(gold, pred, timeout_s)
-    from rewards.batch import guarded_verify
-
-    return guarded_verify(gold, pred, timeout_s)
+        return verify_inline(gold, pred, timeout_s, rel_tol)
+    return guarded_verify(gold, pred, timeout_s, rel_tol)
 
 
 def score_with_config(kind: str, response: Any, ground_truth: Any, cfg: RewardConfig) -> RewardResult:

@@ -21,6 +21,7 @@ BAD_GROUND_TRUTH = "bad_ground_truth"
 INVALID_ITEM = "invalid_item"
 SANDBOX_ERROR = "sandbox_error"
 INTERNAL_ERROR = "internal_error"
+MULTIPLE_ANSWERS = "multiple_answers"  # math: hedged or several differing final answers
 
 REASONS = (
     CORRECT,
@@ -35,6 +36,7 @@ REASONS = (
     INVALID_ITEM,
     SANDBOX_ERROR,
     INTERNAL_ERROR,
+    MULTIPLE_ANSWERS,
 )
 
 KINDS = ("math", "aime", "code")

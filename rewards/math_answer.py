@@ -1,0 +1,181 @@
+"""Which text of a response is its final answer (strict mode): one answer, at the end, visible.
+
+Why: taking "the box that starts last" grades a position, not an answer. A second box after an
+"or", a box nested in the final one, or a box inside an HTML/TeX comment or `\\phantom` would be
+what gets graded. Here hidden text is removed first (a reader never sees it), every answer the
+response writes is collected (top-level boxes, the last `Answer:` line, `####` lines that hold a
+number), and the caller refuses a response whose answers disagree. Linear time on any input.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from rewards.extract import _BOX_CMD, _brace_partners, _clean_inline, last_answer_line, normalize_number_text, strip_think
+
+_HIDING_CMD = re.compile(r"\\(?:phantom|hphantom|vphantom|iffalse)(?![A-Za-z])")
+_GSM8K_LINE = re.compile(r"^[ \t]*####[ \t]*(.*)$", re.MULTILINE)
+_STARTS_NUMERIC = re.compile(r"^[-+\u2212]?\\?\$?[ \t]*\.?\d")
+_RETRACTION = re.compile(
+    r"\b(?:wait|actually|correction|mistake|recheck|re-check|error|wrong|instead|oops|revis(?:e|ed|ing)|reconsider)\b",
+    re.IGNORECASE,
+)
+_PROSE = re.compile(r"(?:\b[A-Za-z]{2,}\b[^A-Za-z\\]+){3}")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One answer the response writes: where it starts, its text, and its format."""
+
+    pos: int
+    text: str
+    fmt: str
+
+
+def strip_hidden(text: str) -> str:
+    """The text a reader sees: HTML comments, TeX `%` comments and `\\phantom{...}` removed.
+
+    A `%` after a digit or a backslash is a percent sign (`50%`, `\\%`); any other `%` starts a
+    TeX comment to the end of its line. An unclosed `<!--` hides the rest of the text.
+    """
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        start = text.find("<!--", i)
+        if start < 0:
+            out.append(text[i:])
+            break
+        out.append(text[i:start])
+        end = text.find("-->", start + 4)
+        i = n if end < 0 else end + 3
+    text = "".join(out)
+    lines = []
+    for line in text.split("\n"):
+        j = line.find("%")
+        while j >= 0 and _is_percent_sign(line, j):
+            j = line.find("%", j + 1)
+        lines.append(line if j < 0 else line[:j])
+    text = "\n".join(lines)
+    if not _HIDING_CMD.search(text):
+        return text
+    partners = _brace_partners(text)
+    out, i = [], 0
+    for m in _HIDING_CMD.finditer(text):
+        if m.start() < i:
+            continue
+        out.append(text[i:m.start()])
+        if m.group(0) == "\\iffalse":
+            fi = text.find("\\fi", m.end())
+            i = n if fi < 0 else fi + 3
+            continue
+        j = m.end()
+        while j < len(text) and text[j] in " \t":
+            j += 1
+        close = partners.get(j) if j < len(text) and text[j] == "{" else None
+        i = len(text) if close is None and j < len(text) and text[j] == "{" else (close + 1 if close is not None else j)
+    out.append(text[i:])
+    return "".join(out)
+
+
+def _is_percent_sign(line: str, j: int) -> bool:
+    """Whether the `%` at `j` is a percent sign rather than the start of a TeX comment.
+
+    A percent sign: escaped (`\\%`), right after a digit (one space allowed), or inside an open
+    brace group of its line (`\\boxed{28 %}`: a comment there would leave the group unclosed).
+    """
+    if j > 0 and line[j - 1] == "\\":
+        return True
+    depth, i = 0, 0
+    while i < j:
+        if line[i] == "\\":
+            i += 2
+            continue
+        depth += line[i] == "{"
+        depth -= line[i] == "}" and depth > 0
+        i += 1
+    if depth > 0:
+        return True
+    k = j - 1
+    if k >= 0 and line[k] == " ":
+        k -= 1
+    return k >= 0 and line[k].isdigit()
+
+
+def top_level_boxes(text: str) -> list[Candidate]:
+    """Every non-empty, balanced `\\boxed{}`/`\\fbox{}` (or `\\boxed 5`) not inside another box."""
+    found: list[Candidate] = []
+    partners = _brace_partners(text)
+    covered_until = -1
+    for m in _BOX_CMD.finditer(text):
+        if m.start() < covered_until:
+            continue  # nested in the previous box: part of that answer
+        j = m.end()
+        while j < len(text) and text[j] in " \t":
+            j += 1
+        if j < len(text) and text[j] == "{":
+            close = partners.get(j)
+            if close is None:
+                continue  # unbalanced (e.g. truncated): not an answer
+            content = text[j + 1:close].strip()
+            covered_until = close
+        else:
+            k = j
+            while k < len(text) and not text[k].isspace() and text[k] not in "$}":
+                k += 1
+            content = text[j:k].strip()
+        if content:
+            found.append(Candidate(m.start(), content, "boxed"))
+    return found
+
+
+def gsm8k_lines(text: str) -> list[Candidate]:
+    """`#### N` lines: `####` at the start of a line followed by something that starts with a number.
+
+    `#### Verification` (a markdown heading) is not an answer. The whole rest of the line is
+    the answer (`#### 5 or 6` is two answers, not 5), with `$` and thousands commas dropped.
+    """
+    found = []
+    for m in _GSM8K_LINE.finditer(text):
+        value = _clean_inline(normalize_number_text(m.group(1)))
+        if value and _STARTS_NUMERIC.match(value):
+            found.append(Candidate(m.start(), value, "gsm8k"))
+    return found
+
+
+def answer_candidates(response: str, formats: tuple[str, ...], *, think: bool = True) -> list[Candidate] | None:
+    """All visible answers in the response, in the order written; None when the response is all reasoning."""
+    body = strip_think(response) if think else response
+    if body is None:
+        return None
+    body = strip_hidden(body)
+    found: list[Candidate] = []
+    if "boxed" in formats:
+        found += top_level_boxes(body)
+    if "answer_line" in formats:
+        line = last_answer_line(body)
+        if line is not None:
+            line_end = body.find("\n", line[0])
+            segment = body[line[0]:] if line_end < 0 else body[line[0]:line_end]
+            boxed_inside = "boxed" in formats and _BOX_CMD.search(segment)
+            if not boxed_inside:
+                found.append(Candidate(line[0], line[1], "answer_line"))
+    if "gsm8k" in formats:
+        found += gsm8k_lines(body)
+    found.sort(key=lambda c: c.pos)
+    # a retraction ("Wait, ...", "Actually ...") between answers supersedes what was written before it
+    for k in range(len(found) - 1, 0, -1):
+        gap = body[found[k - 1].pos:found[k].pos]
+        if _RETRACTION.search(gap):
+            found = found[k:]
+            break
+    if found:  # an `Answer:` line of prose that an answer follows is a heading, not an answer
+        found = [c for c in found if not (c.fmt == "answer_line" and c is not found[-1] and _PROSE.search(c.text + " "))]
+    return found
+
+
+def answer_key(text: str) -> str:
+    """A comparison key for telling identical answers apart from differing ones (textual)."""
+    key = _clean_inline(text)
+    key = key.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\left", "").replace("\\right", "")
+    return "".join(key.split())
