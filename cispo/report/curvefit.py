@@ -127,6 +127,7 @@ def fit_curve(c: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray,
                        [math.log(cfg.midpoint_range[0] * max_c), math.log(cfg.midpoint_range[1] * max_c)]])
     center, half = bounds.mean(axis=1), (bounds[:, 1] - bounds[:, 0]) / 2
     best = (math.inf, 0.0, 0.0, 0.0, 0.0)
+    improvement = 1e-26 * float(((y - y.mean()) ** 2).sum()) + 1e-300  # below: float noise, not a move
     points, shrinks, rounds = cfg.grid_points, 0, 0
     while shrinks <= cfg.zoom_rounds and rounds <= cfg.max_rounds:
         rounds += 1
@@ -137,15 +138,16 @@ def fit_curve(c: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray,
         s = _fraction_done(c, np.exp(u), v)
         r0s, a_s, sse = _project(y, s, r0, cfg.asymptote_bounds)
         i = int(np.argmin(sse))
-        if sse[i] < best[0]:
+        gain = best[0] - float(sse[i])
+        if gain > 0:
             best = (float(sse[i]), float(u[i]), float(v[i]), float(r0s[i]), float(a_s[i]))
         center = np.array([best[1], best[2]])
         row, col = divmod(i, points)
         inner = 0 < row < points - 1 and 0 < col < points - 1
-        on_bound = (np.isclose(center, bounds[:, 0]) | np.isclose(center, bounds[:, 1])).any()
-        if shrinks == 0 or inner or on_bound:
-            # The minimum is inside this window: close in. On a window edge (a long, curved valley:
-            # A, B and C_mid trade off when the curve has barely bent) move, keeping the size.
+        if shrinks == 0 or inner or not gain > improvement:
+            # The minimum is inside this window: close in. A better point on the window's edge (a
+            # long, curved valley: A, B and C_mid trade off when the curve has barely bent) moves
+            # the window at the same size.
             half = cfg.zoom_margin_cells * (hi - lo) / (points - 1)
             shrinks += 1
         points = cfg.zoom_grid_points
