@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cispo.data import DataConfig
+from cispo.fault_tolerance import FaultToleranceConfig
 from cispo.run_config import (
     AlgorithmConfig,
     CheckpointConfig,
@@ -30,12 +31,25 @@ class RolloutConfig:
     group: GroupConfig = field(default_factory=GroupConfig)
 
 
+DERIVED_KEYS = frozenset({
+    "trainer.batch_size", "trainer.seed", "trainer.total_steps",
+    "rollout.sampling.n", "rollout.sampling.seed",
+    "rollout.engine.model", "rollout.engine.dtype", "rollout.engine.seed",
+})
+"""Keys computed from others at load time (batch = prompts_per_step x group_size, the LR schedule's
+length in optimizer steps, the engine's model and seeds); a config that sets one is refused."""
+
+
 @dataclass
 class TrainConfig:
-    name: str = "run"
-    run_dir: str = "runs/run"
+    name: str = "${algorithm.name}_s${seed}"
+    """Label of the run (Hydra interpolation: the algorithm and the seed)."""
+    run_dir: str = "runs/${now:%Y-%m-%d_%H-%M-%S}_${name}"
+    """Everything the run writes lives here; a folder with checkpoints resumes (checkpoint.resume=auto)."""
     seed: int = 0
+    """Seeds the model's init (built-in models), sampling, the data order and the trainer."""
     total_steps: int = 10
+    """RL steps (rollout batch -> update -> weight sync)."""
     prompts_per_step: int = 8
     """Prompt groups per rollout batch; each gets ``group_size`` responses."""
     group_size: int = 8
@@ -50,6 +64,7 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    fault_tolerance: FaultToleranceConfig = field(default_factory=FaultToleranceConfig)
 
     @property
     def batch_size(self) -> int:
@@ -63,11 +78,14 @@ def load_config(data: Mapping[str, Any]) -> TrainConfig:
     for key in ("total_steps", "prompts_per_step", "group_size"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key}={getattr(cfg, key)}: expected an integer >= 1")
-    # The trainer's batch is derived, never set by hand: prompts_per_step x group_size responses.
-    trainer_data = dict(data.get("trainer") or {})
-    if "batch_size" in trainer_data and trainer_data["batch_size"] != cfg.batch_size:
-        raise ConfigError(f"trainer.batch_size={trainer_data['batch_size']} is derived from prompts_per_step x "
-                          f"group_size = {cfg.batch_size}; remove it from the config")
+    for dotted in sorted(DERIVED_KEYS):
+        section, _, key = dotted.rpartition(".")
+        node: Any = data
+        for part in section.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if isinstance(node, Mapping) and key in node:
+            raise ConfigError(f"{dotted}={node[key]!r} is derived (from prompts_per_step, group_size, seed, "
+                              "total_steps, model.path and model.dtype); remove it from the config")
     # The LR schedule counts optimizer steps: one per mini-batch per PPO epoch of every RL step.
     updates_per_step = cfg.trainer.ppo_epochs * max(1, cfg.batch_size // max(1, cfg.trainer.mini_batch_size))
     cfg.trainer = dataclasses.replace(cfg.trainer, batch_size=cfg.batch_size, seed=cfg.seed,

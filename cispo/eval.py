@@ -47,17 +47,14 @@ def markdown_report(name: str, metrics: Any, settings: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_eval(raw: dict[str, Any]) -> dict[str, Any]:
-    from rich.console import Console
-    from rich.table import Table
-
-    from cispo.data import DataConfig, load_prompt_dataset
-    from cispo.evaluation.runner import evaluate_dataset
+def load_eval_config(raw: dict[str, Any]) -> tuple[Any, Any, Any, Any, Any]:
+    """The typed sections an evaluation reads (data, eval, reward, engine, sampling), checked before any
+    engine starts."""
+    from cispo.data import DataConfig
     from cispo.run_config import EvalConfig
     from cispo.schema import from_mapping
     from rewards import RewardConfig
     from rollout.config import EngineConfig, SamplingConfig
-    from rollout.engine import RolloutEngine
 
     data = from_mapping(DataConfig, raw["data"], "data")
     ev = from_mapping(EvalConfig, raw["eval"], "eval")
@@ -67,6 +64,18 @@ def run_eval(raw: dict[str, Any]) -> dict[str, Any]:
     missing = [s for s in ev.sets if s not in data.eval]
     if missing:
         raise ValueError(f"eval.sets={ev.sets}: {missing} not defined in data.eval ({sorted(data.eval)})")
+    return data, ev, reward, engine_cfg, sampling
+
+
+def run_eval(raw: dict[str, Any]) -> dict[str, Any]:
+    from rich.console import Console
+    from rich.table import Table
+
+    from cispo.data import load_prompt_dataset
+    from cispo.evaluation.runner import evaluate_dataset
+    from rollout.engine import RolloutEngine
+
+    data, ev, reward, engine_cfg, sampling = load_eval_config(raw)
     model = resolve_model(str(raw["model_path"]))
     engine_cfg = dataclasses.replace(engine_cfg, model=model, dtype=raw["dtype"], seed=raw["seed"])
     sampling = dataclasses.replace(sampling, n=ev.k, temperature=ev.temperature, top_p=ev.top_p,

@@ -59,13 +59,13 @@ class AlgorithmConfig:
 
 @dataclass
 class EvalConfig:
-    every: int = 5
-    """Evaluate every N steps (0 = only at the end); always at the end and before the first step."""
+    every: int = 4
+    """Evaluate every N steps (0 = only at the end); always at the end, and before the first step with at_start."""
     k: int = 4
     """Samples per problem (avg@k, pass@k, maj@k). M1 uses 32 on AIME."""
     temperature: float = 1.0
     top_p: float = 1.0
-    max_tokens: int = 64
+    max_tokens: int = 128
     sets: list[str] = field(default_factory=lambda: ["heldout"])
     """Names of eval sets defined in ``data.eval``; ``heldout`` is the training task's held-out split."""
     at_start: bool = True

@@ -1,0 +1,160 @@
+"""Every default is declared once (the typed schemas), and the YAML presets say only what they change.
+
+Composes every config group option and every experiment preset with Hydra (no process starts) and
+checks: the generated base.yaml and reference table are fresh and faithful; every composition passes
+the schema; no preset repeats a value it would get anyway; no value in a YAML file is overridden by
+every experiment that uses it (a dead key).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from cispo import config_reference
+from cispo.config import DERIVED_KEYS, load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+GROUPS = ("model", "algorithm", "data", "rollout", "trainer", "reward", "eval", "logger")
+GLOBAL_GROUPS = ("algorithm", "experiment")  # files declared `@package _global_`
+EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+# Overrides a group option needs to form a valid run on its own (its eval sets, a batch its mini-batch fits).
+NEEDS = {
+    ("data", "math"): ["eval=aime"], ("data", "deepmath"): ["eval=aime"],
+    ("data", "gsm8k"): ["eval.sets=[gsm8k]"], ("data", "code"): ["eval.sets=[humaneval]", "reward=code"],
+    ("eval", "aime"): ["data=math"], ("model", "local"): ["model.path=/models/any"],
+    ("trainer", "gpu"): ["prompts_per_step=128"],
+}
+
+
+def compose_raw(overrides: list[str]) -> dict[str, Any]:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        cfg = compose("train", overrides=[*overrides, "run_dir=runs/x", "name=x"])
+    data = OmegaConf.to_container(cfg, resolve=False)
+    data.pop("hydra", None)
+    return data
+
+
+def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys of the sections (lists and the data sets are leaves)."""
+    if not isinstance(node, dict) or prefix in ("data.train", "data.eval"):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        out.update(flat(value, dotted) if isinstance(value, dict) and value else {dotted: value})
+    return out
+
+
+def file_keys(path: Path) -> dict[str, Any]:
+    """The dotted keys a YAML file sets, in the global package."""
+    raw = yaml.safe_load(path.read_text()) or {}
+    raw.pop("defaults", None)
+    raw.pop("hydra", None)
+    group = path.parent.name
+    prefix = "" if group in GLOBAL_GROUPS or path.parent == CONFIGS else group
+    return flat(raw, prefix) if raw else {}
+
+
+def group_options() -> list[tuple[str, str]]:
+    return [(g, p.stem) for g in GROUPS for p in sorted((CONFIGS / g).glob("*.yaml"))]
+
+
+def experiment_groups(name: str) -> list[str]:
+    """The group overrides an experiment makes (`- override /model: local` -> `model=local`)."""
+    raw = yaml.safe_load((CONFIGS / "experiment" / f"{name}.yaml").read_text()) or {}
+    out = []
+    for entry in raw.get("defaults", []):
+        if isinstance(entry, dict):
+            for key, value in entry.items():
+                out.append(f"{key.replace('override /', '')}={value}")
+    return out
+
+
+def selected_option(group: str, overrides: list[str]) -> str:
+    train = yaml.safe_load((CONFIGS / "train.yaml").read_text())
+    chosen = {k: v for entry in train["defaults"] if isinstance(entry, dict) for k, v in entry.items()}
+    for override in overrides:
+        key, _, value = override.partition("=")
+        chosen[key] = value
+    return chosen[group]
+
+
+def test_generated_files_are_fresh_and_base_yaml_holds_the_schema_defaults():
+    assert config_reference.main(["--check"]) == 0, "run `python -m cispo.config_reference`"
+    base = yaml.safe_load(config_reference.BASE_YAML.read_text())
+    assert base == config_reference.defaults_tree()
+    assert not set(flat(base)) & DERIVED_KEYS
+    reference = config_reference.REFERENCE_MD.read_text()
+    for key in flat(config_reference.defaults_tree()):
+        assert f"| `{key}` |" in reference, key
+
+
+@pytest.mark.parametrize("group,option", group_options())
+def test_every_group_option_composes_validates_and_repeats_no_default(group, option):
+    overrides = [f"{group}={option}", *NEEDS.get((group, option), [])]
+    cfg = load_config(OmegaConf.to_container(OmegaConf.create(compose_raw(["~experiment", *overrides])), resolve=True))
+    assert getattr(cfg, group) is not None
+    defaults = flat(config_reference.defaults_tree())
+    repeated = {k: v for k, v in file_keys(CONFIGS / group / f"{option}.yaml").items()
+                if k in defaults and defaults[k] == v}
+    assert not repeated, f"configs/{group}/{option}.yaml repeats schema defaults: {repeated}"
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes_validates_and_sets_only_what_it_changes(name):
+    groups = experiment_groups(name)
+    needs = ["model.path=/models/any"] if "model=local" in groups else []
+    full = compose_raw([f"experiment={name}", *needs])
+    load_config(OmegaConf.to_container(OmegaConf.create(full), resolve=True))
+    without = flat(compose_raw(["~experiment", *groups, *needs]))
+    repeated = {k: v for k, v in file_keys(CONFIGS / "experiment" / f"{name}.yaml").items()
+                if k in without and without[k] == v}
+    assert not repeated, f"configs/experiment/{name}.yaml repeats values it gets anyway: {repeated}"
+
+
+def test_no_default_value_is_overridden_by_every_experiment_that_uses_it():
+    """A value that every preset replaces never takes effect (train.yaml once set total_steps this way).
+    Checked for train.yaml and the group options it selects by default; a non-default option (rollout=gpu)
+    also serves users who select it without any preset, so its values are never dead."""
+    per_experiment = {name: (experiment_groups(name), file_keys(CONFIGS / "experiment" / f"{name}.yaml"))
+                      for name in EXPERIMENTS}
+    dead = []
+    files = [CONFIGS / "train.yaml"] + [CONFIGS / g / f"{selected_option(g, [])}.yaml" for g in GROUPS]
+    for path in files:
+        users = [keys for groups, keys in per_experiment.values()
+                 if path.parent == CONFIGS or selected_option(path.parent.name, groups) == path.stem]
+        for key in file_keys(path):
+            if users and all(key in keys for keys in users):
+                dead.append(f"{path.relative_to(CONFIGS)}: {key}")
+    assert not dead, f"set in a file but overridden by every experiment that uses it: {dead}"
+
+
+def test_a_derived_key_in_the_config_is_refused_with_its_name():
+    from cispo.config import ConfigError
+
+    raw = OmegaConf.to_container(OmegaConf.create(compose_raw(["experiment=quick", "+trainer.seed=3"])), resolve=True)
+    with pytest.raises(ConfigError, match=r"trainer\.seed=3 is derived"):
+        load_config(raw)
+
+
+@pytest.mark.parametrize("eval_group", ["aime", "heldout"])
+def test_the_evaluate_config_composes_from_the_same_defaults(eval_group):
+    from cispo.eval import load_eval_config
+
+    GlobalHydra.instance().clear()
+    data_group = "math" if eval_group == "aime" else "arithmetic"
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        cfg = compose("evaluate", overrides=["model_path=/models/any", f"eval={eval_group}", f"data={data_group}"])
+    raw = OmegaConf.to_container(cfg, resolve=True)
+    _, ev, _, engine, sampling = load_eval_config(raw)
+    expected_k = 32 if eval_group == "aime" else 4
+    assert (ev.k, ev.temperature) == (expected_k, 1.0)
+    assert engine.omp_threads_bind == "all" and sampling.max_tokens == 256
