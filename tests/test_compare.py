@@ -172,6 +172,13 @@ def test_time_reward_phases_and_config_diff(result: tuple[dict, Path]) -> None:
         "trainer.lr": {"cispo": "1e-06", "dapo": "1e-06", "grpo": "varies: 1e-06 | 2e-06"},
     }
     assert summary["config_within_group"] == {"trainer.lr": {"grpo": ["1e-06", "2e-06"]}}
+    # Mechanism: dapo drops 5% of tokens every step, cispo none; grpo never logged it.
+    dropped = summary["mechanism"]["actor/dropped_token_frac"]
+    assert set(dropped) == {"cispo", "dapo"}
+    assert dropped["dapo"]["mean"] == pytest.approx(0.05) and dropped["cispo"]["mean"] == 0.0
+    # is_clip_frac_high = 0.01 * seed each step: run means 0.0 and 0.01.
+    assert summary["mechanism"]["actor/is_clip_frac_high"]["grpo"]["mean"] == pytest.approx(0.005)
+    assert summary["mechanism"]["actor/is_clip_frac_high"]["grpo"]["max_step"] == pytest.approx(0.01)
     assert summary["groups"]["cispo"]["seeds"] == [0, 1]
     report = (out / "report.md").read_text()
     assert "| cispo | 2.1000 ± 1.2706 (n=2) |" in report

@@ -70,6 +70,16 @@ def render_report(
         lines += ["## Eval accuracy", "", "No run logged an eval accuracy (`eval/<set>/avg@<k>`).", ""]
     lines += render_curves(summary.get("curves") or {}, summary["confidence"])
     lines += render_paired(summary.get("paired") or {}, summary["confidence"], fmt)
+    if summary.get("mechanism"):
+        lines += ["## Mechanism: token gradients zeroed by the clip", ""]
+        lines.append("Each run's mean over its steps, then mean ± CI over seeds; in brackets the largest value of "
+                     "any step. `dropped_token_frac_low_prob`: among tokens with p_old < 0.1, M1's \"fork\" tokens.")
+        lines.append("")
+        names = list(summary["groups"])
+        keys = list(summary["mechanism"])
+        rows = [[name] + [format_estimate(summary["mechanism"][k][name], fmt) + f" [{fmt.format(summary['mechanism'][k][name]['max_step'])}]"
+                          if name in summary["mechanism"][k] else "" for k in keys] for name in names]
+        lines += md_table(["group"] + [f"`{k}`" for k in keys], rows)
     if summary["reward"]:
         lines += ["## Training reward", ""]
         rows = [

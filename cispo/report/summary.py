@@ -19,6 +19,9 @@ from cispo.report.stats import Curve, curve_across_seeds, first_step_reaching, m
 from cispo.tracking import ELAPSED_KEY, EVAL_ACCURACY_RE, STEP_TIME_KEY
 
 REWARD_KEY = "reward/mean"
+# MiniMax-M1's mechanism, reported next to the outcome: how many token gradients the clip zeroes.
+MECHANISM_KEYS = ("actor/dropped_token_frac", "actor/dropped_token_frac_low_prob", "actor/is_clip_frac_high",
+                  "actor/is_clip_frac_low")
 PHASE_PREFIX = "time/"
 NOT_PHASES = (STEP_TIME_KEY, ELAPSED_KEY)
 
@@ -115,8 +118,22 @@ def summarize(
             means = [float(v.mean()) for v in (r.series(key)[1] for r in members) if v.size]
             phases[key[len(PHASE_PREFIX):]] = float(np.mean(means))
         summary["phases"][name] = phases
+    summary["mechanism"] = mechanism(groups, cfg)
     summary["config_diff"], summary["config_within_group"] = config_differences(groups)
     return summary
+
+
+def mechanism(groups: dict[str, list[Run]], cfg: CompareConfig) -> dict[str, dict[str, Any]]:
+    """Per key of MECHANISM_KEYS and group: each run's mean over its steps, then mean ± CI over seeds."""
+    out: dict[str, dict[str, Any]] = {}
+    for key in MECHANISM_KEYS:
+        for name, members in groups.items():
+            run_means = [float(v.mean()) for v in (r.series(key)[1] for r in members) if v.size]
+            if run_means:
+                est = mean_ci(run_means, cfg.confidence).as_dict()
+                est["max_step"] = max(float(r.series(key)[1].max()) for r in members if r.series(key)[1].size)
+                out.setdefault(key, {})[name] = est
+    return out
 
 
 def _config_value(value: Any) -> str:
