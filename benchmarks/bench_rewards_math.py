@@ -35,10 +35,11 @@ HEADER = [
     "",
     "Responses scored per second on one core, in process (as a pool worker scores them), median "
     "of the repeats; workload and command in `benchmarks/bench_rewards_math.py`. `table`, `grader` "
-    "and `strict` are how many verdicts agree with the labels of each workload part.",
+    "and `strict` are how many verdicts agree with the labels of each workload part; `raised`: responses "
+    "for which `score` raised an exception.",
     "",
-    "| label | responses | repeats | responses/s | table | grader core | strict cases | load avg |",
-    "|---|---|---|---|---|---|---|---|",
+    "| label | responses | repeats | responses/s | table | grader core | strict cases | raised | load avg |",
+    "|---|---|---|---|---|---|---|---|---|",
 ]
 
 
@@ -73,19 +74,26 @@ def main() -> None:
     scoring.IN_WORKER = True  # math-verify inline, as in a pool worker
     math_reward.warm_up()
     items = workload()
+    def one(kind: str, response: str, gold: object) -> bool | None:
+        try:
+            return scoring.score_with_config(kind, response, gold, DEFAULT_CONFIG).correct
+        except Exception:  # noqa: BLE001 - the older grader raised on some inputs: counted, not fatal
+            return None
+
     rates, verdicts = [], None
     for _ in range(args.repeats):
         math_reward._parse_gold.cache_clear()
         start = time.perf_counter()
-        verdicts = [scoring.score_with_config(k, resp, gt, DEFAULT_CONFIG).correct for _, k, resp, gt, _ in items]
+        verdicts = [one(k, resp, gt) for _, k, resp, gt, _ in items]
         rates.append(len(items) / (time.perf_counter() - start))
     agree = {part: [0, 0] for part in ("table", "grader", "strict")}
     for (part, *_, expected), got in zip(items, verdicts or []):
         agree[part][0] += got == expected
         agree[part][1] += 1
     cells = [f"{a}/{n}" if n else "-" for a, n in agree.values()]
+    raised = sum(v is None for v in verdicts or [])
     row = (f"| {args.label} | {len(items)} | {args.repeats} | {statistics.median(rates):.1f} | "
-           f"{' | '.join(cells)} | {os.getloadavg()[0]:.1f} |")
+           f"{' | '.join(cells)} | {raised} | {os.getloadavg()[0]:.1f} |")
     print(row)
     if args.write:
         old = RESULTS.read_text().splitlines() if RESULTS.exists() else []

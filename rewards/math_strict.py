@@ -101,6 +101,12 @@ def _words(text: str) -> list[str]:
     return [w.lower() for w in _WORD.findall(text.replace("'", ""))]
 
 
+def _is_unit_text(content: str) -> bool:
+    """Words (2+ letters), or one letter that is a unit abbreviation (`g`, `m`, `s`; not `i`, `e`)."""
+    letters = "".join(_WORD.findall(content))
+    return len(letters) >= 2 or letters.lower() in UNIT_ALIASES
+
+
 def normalize_unit(words: list[str], power: str | None) -> str:
     """`square inches` / `\\text{in}^2` -> `inch^2`: aliases, plurals and powers made comparable."""
     out: list[str] = []
@@ -161,7 +167,7 @@ def prepare(text: str) -> Prepared:
         if m := _DEGREE_END.search(t):
             unit_words, t = ["degree"] + unit_words, t[:m.start()]
             continue
-        if (m := _TEXT_END.search(t)) and len(_WORD.findall(m.group(1))) and sum(map(len, _WORD.findall(m.group(1)))) >= 2:
+        if (m := _TEXT_END.search(t)) and _is_unit_text(m.group(1)):
             head = t[:m.start()].strip()
             if not head or not _TRAIL_SPACE.sub("", head):
                 break  # the whole answer is words: a word answer, not a unit
@@ -186,7 +192,8 @@ def prepare(text: str) -> Prepared:
     plain = _TEXT_GROUP.sub(" ", t)
     stripped = _TEXT_GROUP.sub("", t)
     text_answer = None
-    if words and not re.sub(r"[\s(){}\[\].,:;\\]", "", stripped):
+    has_letters = any(_WORD.search(g.group(1)) for g in _TEXT_GROUP.finditer(t))
+    if has_letters and not re.sub(r"[\s(){}\[\].,:;\\]", "", stripped):
         text_answer = text_key(t)
     hedges = {name for name, rx in _HEDGE_CMDS.items() if rx.search(t)}
     if _LINE_BREAK.search(t) and not _MATRIX.search(t):
@@ -273,7 +280,7 @@ def judge(gold: str, pred: str, opts: StrictOptions, verify: VerifyFn, timeout_s
     if not opts.ignore_units and p.unit and g.unit and p.unit != g.unit:
         return NOT_EQUAL, f"unit {p.unit!r} differs from the gold's {g.unit!r}"
     gv, g_var, g_equation = _gold_value(g)
-    pv = p.value
+    pv = _TEXT_GROUP.sub(" ", p.value).strip() if opts.ignore_text else p.value
     if len(p.parts) >= 2 and not g_equation:
         if is_variable(p.parts[0]):
             pv = p.parts[-1]
@@ -351,8 +358,7 @@ def parse_aime_strict(text: object, max_digits: int) -> tuple[int | None, str]:
         value = m.group(1).strip()
     value = value.strip().lstrip("+")
     if _AIME_GROUPED.fullmatch(value):
-        value = re.sub(r"\D", "", value)
-    value = _AIME_SPACES.sub("", value)
+        value = re.sub(r"\D", "", value)  # 1,000 or 1\,000; "1 2 3" and "4, 5" are not groups
     m = re.fullmatch(r"(\d+)(?:\.0*)?", value)
     if not m:
         return None, "not an integer"
