@@ -17,6 +17,7 @@ from cispo.config import TrainConfig, to_dict
 from cispo.data import PromptRow, PromptSampler, encode_prompts, load_data
 from cispo.evaluation.metrics import EvalMetrics
 from cispo.evaluation.runner import evaluate_dataset
+from cispo.fault_tolerance import checkpoint_write_guard
 from cispo.placement import bundle, release, reserve
 from cispo.tracking import MetricsLogger
 from cispo.warmstart import warm_start
@@ -94,9 +95,13 @@ class Components:
         from rollout.group import RolloutGroup
 
         self.placement_groups = reserve_workers(cfg)
-        self.trainer = TrainerGroup(cfg.trainer, self.model_path, placement_group=self.placement_groups["trainer"])
+        ft = cfg.fault_tolerance
+        self.trainer = TrainerGroup(cfg.trainer, self.model_path, placement_group=self.placement_groups["trainer"],
+                                    call_timeout_s=ft.call_timeout_s)
         engine_cfg = dataclasses.replace(cfg.rollout.engine, model=str(self.model_path))
-        self.rollout = RolloutGroup(engine_cfg, cfg.rollout.group, placement_group=self.placement_groups["rollout"])
+        group_cfg = cfg.rollout.group if cfg.rollout.group.generate_timeout_s is not None else \
+            dataclasses.replace(cfg.rollout.group, generate_timeout_s=ft.call_timeout_s)  # a hang is a failure
+        self.rollout = RolloutGroup(engine_cfg, group_cfg, placement_group=self.placement_groups["rollout"])
 
         self.start_step, self.elapsed = 0, 0.0
         if state is not None:
@@ -124,15 +129,17 @@ class Components:
                                 sampling=sampling, reward_cfg=self.cfg.reward)
 
     # ---- checkpoint / resume ----------------------------------------------------------------------
-    def save(self, step: int, metrics: dict[str, Any] | None = None) -> Path:
-        with self.checkpoints.writing(step) as tmp:
+    def save(self, step: int, metrics: dict[str, Any] | None = None) -> Path | None:
+        """The checkpoint of `step`; None when it could not be written and on_checkpoint_error=skip."""
+        guard = checkpoint_write_guard(self.cfg.fault_tolerance, step, self.logger.constant_metrics)
+        with guard, self.checkpoints.writing(step) as tmp:
             self.trainer.save(tmp / TRAINER_DIR)
             state = {"step": step, "elapsed": self.elapsed, "sampler": self.sampler.state_dict(),
                      "consumed_prompts": self.sampler.consumed, "rng": capture_rng_state(),
                      "metrics": metrics or {}}
             (tmp / STATE_FILE).write_text(json.dumps(state))
             (tmp / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
-        return self.checkpoints.path_for(step)
+        return None if guard.skipped else self.checkpoints.path_for(step)
 
     def _restore(self, state: dict[str, Any]) -> None:
         assert self.resume_from is not None

@@ -10,6 +10,7 @@ from typing import Any
 
 from cispo.data import DataConfig
 from cispo.fault_tolerance import FaultToleranceConfig
+from cispo.fault_tolerance import FaultToleranceConfig
 from cispo.run_config import (
     AlgorithmConfig,
     CheckpointConfig,
@@ -64,6 +65,7 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    fault_tolerance: FaultToleranceConfig = field(default_factory=FaultToleranceConfig)
     fault_tolerance: FaultToleranceConfig = field(default_factory=FaultToleranceConfig)
 
     @property

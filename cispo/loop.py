@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,10 +109,13 @@ def run_eval(c: Components) -> dict[str, float]:
     return eval_metrics({name: c.evaluate(name) for name in c.cfg.eval.sets})
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Runs (or resumes) a training job; returns the run folder."""
+def train(cfg: TrainConfig, on_built: Callable[[Components], None] | None = None) -> Path:
+    """Runs (or resumes) a training job; returns the run folder. ``on_built`` sees the components
+    before the first step (`cispo.fault_tolerance` uses it)."""
     c = build_components(cfg)
     with c, GracefulStop() as stop:
+        if on_built is not None:
+            on_built(c)
         if c.start_step == 0 and cfg.eval.at_start:
             c.logger.log(0, run_eval(c))
         for step in range(c.start_step + 1, cfg.total_steps + 1):

@@ -298,6 +298,8 @@ class MetricsLogger:
         self.path = self.run_dir / METRICS_FILENAME
         self.total_steps = total_steps
         self.columns = columns
+        self.constant_metrics: dict[str, Any] = {}
+        """Added to every line unless the step's metrics set the key (e.g. ``fault/restarts``)."""
         self.last_record: dict[str, Any] | None = self._prepare_file(resume_step)
         self._last_step = None if self.last_record is None else self.last_record[STEP_KEY]
         self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -384,6 +386,7 @@ class MetricsLogger:
                 f"step {step} logged after step {self._last_step}: steps must increase (one line per step)"
             )
         flat = flatten_metrics(metrics)
+        flat = {**flatten_metrics(self.constant_metrics), **flat}
         if STEP_KEY in flat:
             raise ValueError(f"metrics must not contain the key {STEP_KEY!r}: pass the step separately")
         record = {STEP_KEY: step, **dict(sorted(flat.items()))}

@@ -28,7 +28,7 @@ log = logging.getLogger("cispo")
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def _main(raw: DictConfig) -> None:
     from cispo.config import ConfigError, load_config
-    from cispo.loop import train
+    from cispo.fault_tolerance import train_with_recovery
 
     data = OmegaConf.to_container(raw, resolve=True)
     hydra_cfg = HydraConfig.get()
@@ -40,7 +40,7 @@ def _main(raw: DictConfig) -> None:
     except ConfigError as err:
         log.error("invalid configuration: %s", err)
         raise SystemExit(2) from None
-    run_dir = train(cfg)
+    run_dir = train_with_recovery(cfg)  # worker failures: rebuild and resume; clean exits otherwise
     log.info("run folder: %s", run_dir)
 
 

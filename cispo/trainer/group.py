@@ -54,14 +54,18 @@ class TrainerGroup:
     """
 
     def __init__(self, config: TrainerConfig, model_path: str | os.PathLike, *,
-                 ref_model_path: str | os.PathLike | None = None, placement_group=None):  # noqa: ANN001
-        """``placement_group``: rank r runs in its bundle r (one bundle per rank, made by the caller)."""
+                 ref_model_path: str | os.PathLike | None = None, placement_group=None,  # noqa: ANN001
+                 call_timeout_s: float | None = None):
+        """``placement_group``: rank r runs in its bundle r (one bundle per rank, made by the caller).
+        ``call_timeout_s``: the longest any call into the ranks may take (None: no limit); a call that
+        takes longer raises ``ray.exceptions.GetTimeoutError`` (a hung rank is a failed rank)."""
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         from cispo.trainer.actor import PolicyActor
 
         self.config = config.validate()
+        self.call_timeout_s = call_timeout_s
         if not ray.is_initialized():
             raise RuntimeError("TrainerGroup needs a running Ray cluster: call ray.init() first")
         remote = ray.remote(num_cpus=config.num_cpus_per_rank, num_gpus=config.num_gpus_per_rank)(PolicyActor)
@@ -80,14 +84,15 @@ class TrainerGroup:
     def _all(self, method: str, *args) -> list:
         import ray
 
-        return ray.get([getattr(a, method).remote(*args) for a in self.actors])
+        return ray.get([getattr(a, method).remote(*args) for a in self.actors], timeout=self.call_timeout_s)
 
     def compute_log_probs(self, batch: TrainBatch) -> Tensor:
         """Per-token log-probs [B, T] of the whole batch (rows split evenly over ranks)."""
         import ray
 
         shards = even_shards(len(batch), self.config.world_size)
-        parts = ray.get([a.compute_log_probs.remote(batch.select(s)) for a, s in zip(self.actors, shards)])
+        parts = ray.get([a.compute_log_probs.remote(batch.select(s)) for a, s in zip(self.actors, shards)],
+                        timeout=self.call_timeout_s)
         return torch.cat(parts)
 
     def update(self, batch: TrainBatch) -> dict[str, float]:
@@ -96,7 +101,8 @@ class TrainerGroup:
 
         batch.validate()
         shards = update_shards(batch, self.config)
-        metrics = ray.get([a.update.remote(batch.select(s)) for a, s in zip(self.actors, shards)])
+        metrics = ray.get([a.update.remote(batch.select(s)) for a, s in zip(self.actors, shards)],
+                          timeout=self.call_timeout_s)
         return metrics[0]
 
     def export_weights(self) -> dict[str, Tensor]:
@@ -108,7 +114,8 @@ class TrainerGroup:
         import ray
 
         pairs = [a.export_weights_packed.options(num_returns=2).remote() for a in self.actors]
-        sizes = ray.get([size for _, size in pairs])  # waits for every rank (collective under ZeRO-3)
+        # waits for every rank (collective under ZeRO-3)
+        sizes = ray.get([size for _, size in pairs], timeout=self.call_timeout_s)
         return pairs[0][0], sizes[0]
 
     def connect_weight_channel(self, rollout) -> None:  # noqa: ANN001 - a rollout.group.RolloutGroup
