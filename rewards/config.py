@@ -40,6 +40,10 @@ class RewardConfig:
     math_allow_multiple_answers: bool = False
     """Relaxation: when a response writes several differing final answers, grade the one written
     last instead of refusing the response (what verl/DAPO-style "last box" graders do)."""
+    math_max_answers_checked: int = 4
+    """When a response writes differing final answers (textually), each is checked against the
+    gold and the response is correct only if all are equivalent (`\\frac12` and `0.5`); beyond
+    this many the response is refused as `multiple_answers` without checking (bounds the cost)."""
     math_ignore_units: bool = False
     """Relaxation: do not compare units (`500 kg` then equals a gold of `500 g`). By default a
     unit missing on either side is no error, a different one is (no unit conversion)."""
@@ -117,6 +121,7 @@ class RewardConfig:
                 f"reward.code_extraction must be one of {', '.join(CODE_EXTRACTIONS)}, got {self.code_extraction!r}"
             )
         _int(self, "pool_max_tasks_per_worker", minimum=1)
+        _int(self, "math_max_answers_checked", minimum=1)
         for name in (
             "code_memory_mb",
             "code_output_cap_bytes",

@@ -50,13 +50,7 @@ def strip_hidden(text: str) -> str:
         end = text.find("-->", start + 4)
         i = n if end < 0 else end + 3
     text = "".join(out)
-    lines = []
-    for line in text.split("\n"):
-        j = line.find("%")
-        while j >= 0 and _is_percent_sign(line, j):
-            j = line.find("%", j + 1)
-        lines.append(line if j < 0 else line[:j])
-    text = "\n".join(lines)
+    text = "\n".join(_drop_tex_comment(line) for line in text.split("\n"))
     if not _HIDING_CMD.search(text):
         return text
     partners = _brace_partners(text)
@@ -78,28 +72,29 @@ def strip_hidden(text: str) -> str:
     return "".join(out)
 
 
-def _is_percent_sign(line: str, j: int) -> bool:
-    """Whether the `%` at `j` is a percent sign rather than the start of a TeX comment.
+def _drop_tex_comment(line: str) -> str:
+    """The line up to its TeX comment, if any (one pass).
 
-    A percent sign: escaped (`\\%`), right after a digit (one space allowed), or inside an open
-    brace group of its line (`\\boxed{28 %}`: a comment there would leave the group unclosed).
+    A `%` is a percent sign, not a comment, when escaped (`\\%`), right after a digit (one space
+    allowed), or inside an open brace group of its line (`\\boxed{28 %}`: a comment there would
+    leave the group unclosed).
     """
-    if j > 0 and line[j - 1] == "\\":
-        return True
-    depth, i = 0, 0
-    while i < j:
-        if line[i] == "\\":
+    depth, i, n = 0, 0, len(line)
+    while i < n:
+        ch = line[i]
+        if ch == "\\":
             i += 2
             continue
-        depth += line[i] == "{"
-        depth -= line[i] == "}" and depth > 0
+        if ch == "{":
+            depth += 1
+        elif ch == "}" and depth:
+            depth -= 1
+        elif ch == "%":
+            k = i - 1 if i > 0 and line[i - 1] != " " else i - 2
+            if depth == 0 and not (k >= 0 and line[k].isdigit()):
+                return line[:i]
         i += 1
-    if depth > 0:
-        return True
-    k = j - 1
-    if k >= 0 and line[k] == " ":
-        k -= 1
-    return k >= 0 and line[k].isdigit()
+    return line
 
 
 def top_level_boxes(text: str) -> list[Candidate]:

@@ -202,6 +202,13 @@ def _result(cfg: RewardConfig, correct: bool, extracted: str | None, reason: str
     return RewardResult(float(value), bool(correct), extracted, reason, detail)
 
 
+def _show(value: Any) -> str:
+    """A short repr for messages; an int past the int-string limit is described, not printed."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 3 * digit_limit() > 0:
+        return f"<int of about {int(value.bit_length() * 0.30103)} digits>"
+    return repr(value)[:80]
+
+
 def _guarded(fn: Callable[..., RewardResult], cfg: RewardConfig, *args: Any, **kwargs: Any) -> RewardResult:
     """Run a scorer; an unexpected exception becomes an `internal_error` result, never a raise."""
     try:
@@ -227,17 +234,22 @@ _VERDICT_REASON = {S_EQUAL: R.CORRECT, MULTIPLE: R.MULTIPLE_ANSWERS, TIMED_OUT: 
 def _score_math_strict(response: Any, ground_truth: Any, cfg: RewardConfig, *, verify: VerifyFn) -> RewardResult:
     gold = normalize_gold(ground_truth)
     if gold is None:
-        return R.RewardResult(cfg.wrong_reward, False, None, R.BAD_GROUND_TRUTH, f"unusable ground truth {ground_truth!r:.80}")
+        return R.RewardResult(cfg.wrong_reward, False, None, R.BAD_GROUND_TRUTH, f"unusable ground truth {_show(ground_truth)}")
     candidates = answer_candidates(response, cfg.math_formats, think=cfg.strip_think) if isinstance(response, str) else None
     if not candidates:
         return _result(cfg, False, None, R.NO_ANSWER)
     extracted = candidates[-1].text
     opts = strict_options(cfg)
     distinct: list[str] = []
+    keys: set[str] = set()
     for c in reversed(candidates):
-        if answer_key(c.text) not in {answer_key(d) for d in distinct}:
+        key = answer_key(c.text)
+        if key not in keys:
+            keys.add(key)
             distinct.append(c.text)
     to_judge = distinct if len(distinct) > 1 and not cfg.math_allow_multiple_answers else distinct[:1]
+    if len(to_judge) > cfg.math_max_answers_checked:
+        return _result(cfg, False, extracted, R.MULTIPLE_ANSWERS, f"{len(to_judge)} differing final answers")
     for text in to_judge:
         verdict, detail = judge(gold, text, opts, verify, cfg.math_timeout_s)
         if verdict == BAD_GOLD:
@@ -255,7 +267,7 @@ def _score_math_legacy(response: Any, ground_truth: Any, cfg: RewardConfig, *, v
     extracted = extract_math_answer(response, cfg.math_formats, think=cfg.strip_think)
     gold = normalize_gold(ground_truth)
     if gold is None:
-        return R.RewardResult(cfg.wrong_reward, False, extracted, R.BAD_GROUND_TRUTH, f"unusable ground truth {ground_truth!r:.80}")
+        return R.RewardResult(cfg.wrong_reward, False, extracted, R.BAD_GROUND_TRUTH, f"unusable ground truth {_show(ground_truth)}")
     if extracted is None:
         return _result(cfg, False, None, R.NO_ANSWER)
     if obviously_equal(gold, extracted):
@@ -318,7 +330,7 @@ def _score_aime_strict(response: Any, ground_truth: Any, cfg: RewardConfig) -> R
     if gold is None or not cfg.aime_min <= gold <= cfg.aime_max:
         return R.RewardResult(
             cfg.wrong_reward, False, None, R.BAD_GROUND_TRUTH,
-            f"AIME ground truth must be an integer in [{cfg.aime_min}, {cfg.aime_max}], got {ground_truth!r:.80}",
+            f"AIME ground truth must be an integer in [{cfg.aime_min}, {cfg.aime_max}], got {_show(ground_truth)}",
         )
     candidates = answer_candidates(response, cfg.math_formats, think=cfg.strip_think) if isinstance(response, str) else None
     if not candidates:
@@ -349,7 +361,7 @@ def _score_aime_legacy(response: Any, ground_truth: Any, cfg: RewardConfig) -> R
     if gold is None or not cfg.aime_min <= gold <= cfg.aime_max:
         return R.RewardResult(
             cfg.wrong_reward, False, extracted, R.BAD_GROUND_TRUTH,
-            f"AIME ground truth must be an integer in [{cfg.aime_min}, {cfg.aime_max}], got {ground_truth!r:.80}",
+            f"AIME ground truth must be an integer in [{cfg.aime_min}, {cfg.aime_max}], got {_show(ground_truth)}",
         )
     if extracted is None:
         return _result(cfg, False, None, R.NO_ANSWER)

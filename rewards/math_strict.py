@@ -71,7 +71,7 @@ _TEXT_CMD = r"\\(?:text|textrm|textnormal|textit|textbf|textsf|mbox|mathrm|opera
 _TEXT_GROUP = re.compile(_TEXT_CMD + r"\{([^{}]*)\}")
 _TEXT_END = re.compile(_TEXT_CMD + r"\{([^{}]*)\}(?:\s*\^\s*(?:\{\s*(\d)\s*\}|(\d)))?$")
 _TEXT_START = re.compile(r"^" + _TEXT_CMD + r"\{([^{}]*)\}")
-_TRAIL_SPACE = re.compile(r"(?:\s|\\[,;:! ]|~|\\q?quad(?![A-Za-z])|\.)+$")
+_TRAIL_SPACE_ONE = re.compile(r"(?:\\[,;:! ]|\\q?quad|~|\.)$")
 _PERCENT_END = re.compile(r"\\?%$")
 _DEGREE_END = re.compile(r"(?:\^\s*(?:\{\s*\\circ\s*\}|\\circ)|\\degree)$")
 _PLAIN_WORDS_END = re.compile(r"(?<=[\d}])\s+((?:[A-Za-z]{2,}\s+){0,3}[A-Za-z]{2,})$")
@@ -79,7 +79,8 @@ _DOLLAR = re.compile(r"\\\$|\$")
 _WORD = re.compile(r"[A-Za-z]+")
 _PLAIN_HEDGE = re.compile(r"(?<![A-Za-z\\])(?:or|and)(?![A-Za-z])")
 NAME = r"(?:[A-Za-z]|\\[A-Za-z]+)(?:_(?:\{[^{}]*\}|[A-Za-z0-9]))?'*(?:\([^()]*\))?"
-_LHS_NAME = re.compile(NAME + r"(?:\s*(?:[-+*/]|\\cdot|\\times)?\s*" + NAME + r")*")
+_LHS_NAME = re.compile(NAME + r"(?:\s*(?:(?:[-+*/]|\\cdot|\\times)\s*)?" + NAME + r")*")
+MAX_NAME_LEN = 64  # a left-hand side longer than this is not "a variable"
 
 
 @dataclass
@@ -99,6 +100,16 @@ class Prepared:
 
 def _words(text: str) -> list[str]:
     return [w.lower() for w in _WORD.findall(text.replace("'", ""))]
+
+
+def _strip_trailing_space(text: str) -> str:
+    """`text` without trailing spaces, TeX spacing (`\\,`, `\\quad`, `~`) and full stops (linear)."""
+    while True:
+        text = text.rstrip()
+        m = _TRAIL_SPACE_ONE.search(text[-8:])
+        if not m:
+            return text
+        text = text[: len(text) - (len(text[-8:]) - m.start())]
 
 
 def _is_unit_text(content: str) -> bool:
@@ -160,7 +171,7 @@ def prepare(text: str) -> Prepared:
     power: str | None = None
     percent = False
     for _ in range(8):  # peel what follows the value: spacing, %, degrees, \text units, plain unit words
-        t = _TRAIL_SPACE.sub("", t)
+        t = _strip_trailing_space(t)
         if m := _PERCENT_END.search(t):
             percent, t = True, t[:m.start()]
             continue
@@ -169,7 +180,7 @@ def prepare(text: str) -> Prepared:
             continue
         if (m := _TEXT_END.search(t)) and _is_unit_text(m.group(1)):
             head = t[:m.start()].strip()
-            if not head or not _TRAIL_SPACE.sub("", head):
+            if not head or not _strip_trailing_space(head):
                 break  # the whole answer is words: a word answer, not a unit
             unit_words = _words(m.group(1)) + unit_words
             power = m.group(2) or m.group(3) or power
@@ -234,7 +245,8 @@ def _unwrap_boxes(text: str) -> str:
 
 def is_variable(lhs: str) -> bool:
     """`x`, `a_1`, `f(3)`, `m+n`, `\\theta`: a name (or names), not a number or an expression of numbers."""
-    return bool(_LHS_NAME.fullmatch(lhs.strip()))
+    lhs = lhs.strip()
+    return len(lhs) <= MAX_NAME_LEN and bool(_LHS_NAME.fullmatch(lhs))
 
 
 # --------------------------------------------------------------------------- verdicts
