@@ -205,29 +205,33 @@ class RolloutGroup:
         return spec
 
     def _receive_stream(self, stream: WeightStream) -> list[dict[str, float]]:
-        """Receive on every actor while the trainer sends; the first clear error wins (a receiver's
-        refusal names the tensor). Any failure closes the channel: the next sync forms a new one."""
-        timeout = self.config.weight_channel_timeout_s
+        """Receive on every actor while the trainer sends. A receiver's error is raised as soon as it
+        arrives (a refusal names the tensor); then the senders are awaited. Any failure closes the
+        channel: the next sync forms a new one."""
+        limit = max(self.config.weight_channel_timeout_s, self.engine_config.weight_update_timeout_s) * 1.5 + 10.0
+        deadline = time.perf_counter() + limit
         receivers = [a.receive_weights.remote(self.engine_config.weight_update_timeout_s) for a in self.actors]
         names = {r: f"rollout actor {i}" for i, r in enumerate(receivers)}
         names.update({r: f"trainer rank {k}" for k, r in enumerate(stream.sender_refs)})
-        ready, late = ray.wait(list(names), num_returns=len(names),
-                               timeout=max(timeout, self.engine_config.weight_update_timeout_s) * 1.5 + 10.0)
+        stats: dict[ray.ObjectRef, dict[str, float]] = {}
         try:
-            stats = []
-            for ref in receivers + list(stream.sender_refs):  # receivers first: their errors are the precise ones
-                if ref in ready:
-                    out = ray.get(ref)
-                    if ref in receivers:
-                        stats.append(out)
-            if late:
-                raise WeightSyncTimeoutError(
-                    f"streamed weight sync: {sorted(names[r] for r in late)} did not finish within "
-                    f"{max(timeout, self.engine_config.weight_update_timeout_s) * 1.5 + 10.0:.0f} s")
+            for group in (receivers, list(stream.sender_refs)):
+                pending = list(group)
+                while pending:
+                    ready, pending = ray.wait(pending, num_returns=1,
+                                              timeout=max(0.0, deadline - time.perf_counter()))
+                    if not ready:
+                        raise WeightSyncTimeoutError(
+                            f"streamed weight sync: {sorted(names[r] for r in pending)} did not finish within "
+                            f"{limit:.0f} s")
+                    try:
+                        stats[ready[0]] = ray.get(ready[0])
+                    except RayActorError as e:
+                        raise WeightSyncError(f"{names[ready[0]]} died during a streamed weight sync: {e}") from e
         except Exception:
             self.channel = None
             raise
-        return stats
+        return [stats[r] for r in receivers]
 
     # ----------------------------------------------------------- weight update
     def update_weights(self, weights: WeightsLike | bytes | tuple[ray.ObjectRef, int] | WeightStream) -> dict[str, float]:

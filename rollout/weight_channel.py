@@ -163,21 +163,30 @@ class WeightChannel:
         try:
             work.wait()
         except Exception as e:  # noqa: BLE001 - c10d raises RuntimeError/DistBackendError
+            # Out of step for good: drop the group so members still waiting in it fail now, not
+            # after their timeout.
+            self.close()
             raise WeightSyncError(
                 f"weight channel rank {self.rank}: {what} failed (a member gone or slower than "
                 f"{self.spec.timeout_s:.0f} s): {type(e).__name__}: {str(e)[:300]}") from e
 
+    def _group(self) -> dist.ProcessGroup:
+        pg = getattr(self, "pg", None)
+        if pg is None:
+            raise WeightSyncError(f"weight channel rank {self.rank} is closed (an earlier collective failed)")
+        return pg
+
     def broadcast(self, t: torch.Tensor, what: str) -> None:
         opts = dist.BroadcastOptions()
         opts.rootRank = 0
-        self._wait(self.pg.broadcast([t], opts), what)
+        self._wait(self._group().broadcast([t], opts), what)
 
     def agree(self, failed: bool, what: str) -> bool:
         """True when some member reports a failure (all-reduce MAX of a flag)."""
         flag = torch.tensor([1 if failed else 0], dtype=torch.int32, device=self.device)
         opts = dist.AllreduceOptions()
         opts.reduceOp = dist.ReduceOp.MAX
-        self._wait(self.pg.allreduce([flag], opts), what)
+        self._wait(self._group().allreduce([flag], opts), what)
         return bool(flag.item())
 
     def _broadcast_object(self, obj: object) -> object:
@@ -276,11 +285,12 @@ class WeightChannel:
     def close(self) -> None:
         """Drop the group (its sockets close; members still waiting on it get an error)."""
         pg = self.__dict__.pop("pg", None)
-        if pg is not None and hasattr(pg, "shutdown"):
-            try:
-                pg.shutdown()
-            except Exception:  # noqa: BLE001 - best effort
-                pass
+        for method in ("abort", "shutdown"):
+            if pg is not None and hasattr(pg, method):
+                try:
+                    getattr(pg, method)()
+                except Exception:  # noqa: BLE001 - best effort
+                    pass
         self.__dict__.pop("_store", None)
 
 
