@@ -102,6 +102,8 @@ class Components:
         group_cfg = cfg.rollout.group if cfg.rollout.group.generate_timeout_s is not None else \
             dataclasses.replace(cfg.rollout.group, generate_timeout_s=ft.call_timeout_s)  # a hang is a failure
         self.rollout = RolloutGroup(engine_cfg, group_cfg, placement_group=self.placement_groups["rollout"])
+        if group_cfg.weight_sync == "collective":  # form the channel now: a wiring problem fails at start-up
+            self.trainer.connect_weight_channel(self.rollout)
 
         self.start_step, self.elapsed = 0, 0.0
         if state is not None:
@@ -145,7 +147,7 @@ class Components:
         assert self.resume_from is not None
         log.info("resuming from %s (step %d)", self.resume_from, state["step"])
         self.trainer.load(self.resume_from / TRAINER_DIR)
-        self.rollout.update_weights(self.trainer.export_weights_ref())
+        self.rollout.update_weights(self.trainer.weights_for(self.rollout))
         self.sampler.load_state_dict(state["sampler"])
         restore_rng_state(state["rng"])
         self.start_step, self.elapsed = int(state["step"]), float(state["elapsed"])

@@ -100,7 +100,7 @@ def train_on_groups(c: Components, groups: list[Group], timer: PhaseTimer) -> di
     with timer.phase("update"):
         metrics = {"actor/" + k.removeprefix("policy/"): v for k, v in c.trainer.update(batch).items()}
     with timer.phase("sync"):
-        c.rollout.update_weights(c.trainer.export_weights_ref())  # trainer -> object store -> engines
+        c.rollout.update_weights(c.trainer.weights_for(c.rollout))  # object store or streamed (rollout.group.weight_sync)
     return metrics | {"advantage/abs_mean": advantages.abs().mean().item(), "actor/update_skipped": 0.0,
                       "actor/rows": float(usable)}
 

@@ -31,6 +31,9 @@ class RecordingTrainer:
     def export_weights_ref(self):
         return ("weights-ref", 123)
 
+    def weights_for(self, rollout):
+        return self.export_weights_ref()  # the object-store channel, as TrainerGroup.weights_for picks it
+
 
 class RecordingRollout:
     def __init__(self) -> None:
