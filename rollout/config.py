@@ -189,7 +189,9 @@ class GroupConfig:
     """Bucket size of the collective channel in MiB: about its peak extra memory per process (a
     tensor larger than a bucket travels alone). Larger buckets mean fewer, longer broadcasts."""
     weight_channel_backend: str = "auto"
-    """Backend of the collective channel: ``auto`` = nccl when the engines have GPUs, else gloo."""
+    """Backend of the collective channel: ``auto`` = nccl when each engine has whole GPUs
+    (``num_gpus_per_actor >= 1``), else gloo (CPU, or an engine sharing a GPU with a trainer rank,
+    which NCCL refuses). gloo on GPUs stages each bucket through CPU memory."""
     weight_channel_timeout_s: float = 300.0
     """Seconds for the collective channel to form, and for each of its collectives: a member that is
     gone or stuck raises an error after this long instead of hanging the run."""

@@ -173,8 +173,10 @@ class RolloutGroup:
 
     # ------------------------------------------------------- collective channel
     def channel_backend(self) -> str:
+        """``auto``: NCCL when every engine has whole GPUs; gloo otherwise (CPU, or an engine sharing
+        its GPU with a trainer rank: NCCL refuses two ranks of one group on the same device)."""
         b = self.config.weight_channel_backend
-        return b if b != "auto" else ("nccl" if self.config.num_gpus_per_actor > 0 else "gloo")
+        return b if b != "auto" else ("nccl" if self.config.num_gpus_per_actor >= 1 else "gloo")
 
     def connect_weight_channel(self, host: str, port: int, open_sender: Callable[[ChannelSpec], ray.ObjectRef],
                                weights_source: Callable[[], tuple[ray.ObjectRef, int]] | None = None) -> ChannelSpec:

@@ -201,7 +201,9 @@ class WeightSyncExtension:
         if old is not None:
             old.close()
         rank = rank_offset + int(getattr(self, "rank", 0))
-        self._cispo_channel = WeightChannel(spec, rank, device=getattr(self, "device", "cpu"))
+        # gloo moves CPU tensors (vLLM's loaders copy them to the device); NCCL moves device tensors.
+        device = getattr(self, "device", "cpu") if spec.backend == "nccl" else "cpu"
+        self._cispo_channel = WeightChannel(spec, rank, device=device)
         return rank
 
     def cispo_channel_receive(self, expected: ExpectedWeights) -> dict[str, float]:
