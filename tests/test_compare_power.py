@@ -85,3 +85,26 @@ def test_cli_on_the_first_cpu_study(capsys: pytest.CaptureFixture[str], tmp_path
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"accuracy": {}}))
     assert main([str(bad), "--problems", "64", "--k", "4"]) == 2
+
+
+def test_auc_spread_from_a_fresh_compare_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """cispo.compare keeps each run's AUC (mean over its steps); the power tool reads it with --stat auc."""
+    from cispo.compare import compare
+
+    curves = {("a", 0): [0.2, 0.4, 0.4], ("a", 1): [0.2, 0.3, 0.5], ("b", 0): [0.2, 0.2, 0.3], ("b", 1): [0.2, 0.4, 0.4]}
+    for (alg, seed), values in curves.items():
+        run = tmp_path / "runs" / f"{alg}{seed}"
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text(f"algorithm: {{name: {alg}}}\nseed: {seed}\n")
+        (run / "metrics.jsonl").write_text("".join(
+            json.dumps({"step": 5 * i, "eval/t/avg@4": v}) + "\n" for i, v in enumerate(values)))
+    summary = compare([tmp_path / "runs"], tmp_path / "out", plots=False)
+    # Trapezoid over steps 0, 5, 10 / 10: (y0 + 2 y1 + y2) / 4.
+    by_hand = {k: (v[0] + 2 * v[1] + v[2]) / 4 for k, v in curves.items()}
+    assert summary["accuracy"]["eval/t/avg@4"]["a"]["auc"]["values"] == pytest.approx([by_hand[("a", 0)], by_hand[("a", 1)]])
+    spread = seed_spread(summary, stat="auc")
+    assert spread.sd["b"] == pytest.approx(statistics.stdev([by_hand[("b", 0)], by_hand[("b", 1)]]))
+    assert main([str(tmp_path / "out" / "summary.json"), "--problems", "32", "--k", "4", "--stat", "auc",
+                 "--evals-per-run", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "auc of each run" in out and "averaged over 3 evals" in out

@@ -36,6 +36,7 @@ from cispo.report.stats import t_critical
 
 MAX_SEEDS = 100_000  # the search for n stops here (a difference far below the noise)
 UPPER_BOUND_LEVEL = 0.8  # one-sided level of the upper confidence bound on the seed sd
+STATS = ("final", "best", "auc")  # per-run numbers a cispo.compare summary keeps per seed
 
 
 def normal_quantile(p: float) -> float:
@@ -113,6 +114,7 @@ class SeedSpread:
     """Between-seed spread of one metric in a finished study."""
 
     key: str
+    stat: str
     values: dict[str, list[float]]
     seeds: dict[str, list[str]]
     sd: dict[str, float]
@@ -135,7 +137,11 @@ def seed_spread(summary: Mapping[str, Any], key: str | None = None, stat: str = 
     if key not in accuracy:
         raise ValueError(f"key {key!r} not in the summary; it has {sorted(accuracy)}")
     values, seeds, sd = {}, {}, {}
+    if stat not in STATS:
+        raise ValueError(f"stat {stat!r}: expected one of {STATS}")
     for name, entry in accuracy[key].items():
+        if not entry.get(stat):
+            raise ValueError(f"{key}: group {name!r} has no per-seed {stat!r} (a summary from an older cispo.compare?)")
         values[name] = [float(v) for v in entry[stat]["values"]]
         seeds[name] = [str(s) for s in summary["groups"][name]["seeds"]]
         if len(values[name]) >= 2:
@@ -153,16 +159,21 @@ def seed_spread(summary: Mapping[str, Any], key: str | None = None, stat: str = 
             pdf += len(diffs) - 1
             pss += (len(diffs) - 1) * paired[f"{a} - {b}"] ** 2
     mean = float(np.mean([v for vs in values.values() for v in vs]))
-    return SeedSpread(key, values, seeds, sd, pooled, df, paired, math.sqrt(pss / pdf) if pdf else None, pdf, mean)
+    return SeedSpread(key, stat, values, seeds, sd, pooled, df, paired, math.sqrt(pss / pdf) if pdf else None, pdf, mean)
 
 
 def render(spread: SeedSpread, *, problems: int, k: int, delta: float, alpha: float, power: float,
-           plan_problems: Sequence[int], seeds: int) -> str:
-    """The markdown section: inputs, then seeds needed per eval size."""
-    e0 = eval_noise_variance(spread.mean_accuracy, problems, k)
+           plan_problems: Sequence[int], seeds: int, evals: int = 1) -> str:
+    """The markdown section: inputs, then seeds needed per eval size. `evals`: independent evals
+    averaged into the per-run number (1 for final/best; about the number of evals for auc)."""
+
+    def eval_var(n_problems: int) -> float:
+        return eval_noise_variance(spread.mean_accuracy, n_problems, k) / evals
+
+    e0 = eval_var(problems)
     train_var = max(0.0, spread.pooled_sd ** 2 - e0)
     upper = sd_upper_bound(spread.pooled_sd, spread.pooled_df)
-    lines = [f"Metric: `{spread.key}` at the end of each run; a difference of {delta:g} at two-sided "
+    lines = [f"Metric: `{spread.key}`, {spread.stat} of each run; a difference of {delta:g} at two-sided "
              f"alpha = {alpha:g} with power {power:g}.", "",
              "| group | per-seed values | sd over seeds |", "|---|---|---|"]
     for name, vals in spread.values.items():
@@ -175,7 +186,7 @@ def render(spread: SeedSpread, *, problems: int, k: int, delta: float, alpha: fl
         lines.append(f"- sd of the per-seed differences: {pairs}; pooled **{spread.pooled_paired_sd:.4f}** "
                      f"(df {spread.pooled_paired_df}); sqrt(2) x pooled sd = {math.sqrt(2) * spread.pooled_sd:.4f} "
                      "is what independent arms would give")
-    lines.append(f"- eval sampling noise at N = {problems} problems x k = {k} (mean accuracy "
+    lines.append(f"- eval sampling noise at N = {problems} problems x k = {k}" + (f", averaged over {evals} evals" if evals > 1 else "") + " (mean accuracy "
                  f"{spread.mean_accuracy:.3f}): sd <= {math.sqrt(e0):.4f}, i.e. <= "
                  f"{e0 / spread.pooled_sd ** 2:.0%} of the variance; the rest, sd >= {math.sqrt(train_var):.4f}, "
                  "is training noise that more eval problems cannot remove")
@@ -184,7 +195,7 @@ def render(spread: SeedSpread, *, problems: int, k: int, delta: float, alpha: fl
               "per arm detect | difference "
               f"{seeds} pairs detect |", "|---|---|---|---|---|---|"]
     for n_problems in plan_problems:
-        e = eval_noise_variance(spread.mean_accuracy, n_problems, k)
+        e = eval_var(n_problems)
         sd = math.sqrt(train_var + e)
         sd_up = math.sqrt(max(0.0, upper ** 2 - e0) + e)
         two = f"{seeds_two_sample(sd, delta, alpha, power)} / {seeds_two_sample(sd_up, delta, alpha, power)}"
@@ -206,18 +217,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--problems", type=int, required=True, help="eval problems N of that study")
     parser.add_argument("--k", type=int, required=True, help="samples per problem k of that study")
     parser.add_argument("--key", default=None, help="eval accuracy key (default: the first in the summary)")
+    parser.add_argument("--stat", choices=STATS, default="final",
+                        help="per-run number: final accuracy, best, or auc (mean accuracy over the run's steps)")
     parser.add_argument("--delta", type=float, default=0.05, help="difference to detect (accuracy, 0.05 = 5 points)")
     parser.add_argument("--alpha", type=float, default=0.05, help="two-sided significance level")
     parser.add_argument("--power", type=float, default=0.8, help="probability of detecting delta")
     parser.add_argument("--plan-problems", default="64,128,256,512", help="eval sizes to plan for, comma-separated")
+    parser.add_argument("--evals-per-run", type=int, default=1,
+                        help="evals averaged into the per-run number (for --stat auc: the number of evals of a run)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per arm for the detectable-difference columns")
     parser.add_argument("--out", default=None, help="write the markdown here (default: stdout)")
     args = parser.parse_args(argv)
     try:
         plan = [int(p) for p in args.plan_problems.split(",")]
         summary = json.loads(Path(args.summary).read_text(encoding="utf-8"))
-        text = render(seed_spread(summary, args.key), problems=args.problems, k=args.k, delta=args.delta,
-                      alpha=args.alpha, power=args.power, plan_problems=plan, seeds=args.seeds)
+        text = render(seed_spread(summary, args.key, args.stat), problems=args.problems, k=args.k, delta=args.delta,
+                      alpha=args.alpha, power=args.power, plan_problems=plan, seeds=args.seeds,
+                      evals=args.evals_per_run)
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: {args.summary}: {exc}", file=sys.stderr)
         return 2

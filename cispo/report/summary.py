@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cispo.report.options import CompareConfig
+from cispo.report.paired import mean_over_range
 from cispo.report.runs import SEED_KEY, Run
 from cispo.report.stats import Curve, curve_across_seeds, first_step_reaching, mean_ci
 from cispo.tracking import ELAPSED_KEY, EVAL_ACCURACY_RE, STEP_TIME_KEY
@@ -58,12 +59,14 @@ def summarize(
         table: dict[str, Any] = {}
         curves: dict[str, Curve] = {}
         for name, members in groups.items():
-            finals, bests = [], []
+            finals, bests, aucs = [], [], []
             for run in members:
-                _, values = run.series(key)
+                steps, values = run.series(key)
                 if values.size:
                     finals.append(float(values[-1]))
                     bests.append(float(values.max()))
+                if values.size >= 2:  # mean over the run's steps: the area under its curve / its length
+                    aucs.append(mean_over_range(steps.astype(np.float64), values, float(steps[0]), float(steps[-1])))
             if not finals:
                 summary["warnings"].append(f"{name}: no run logged {key!r}")
                 continue
@@ -74,6 +77,7 @@ def summarize(
                 "final": mean_ci(finals, cfg.confidence).as_dict(),
                 "best": mean_ci(bests, cfg.confidence).as_dict(),
                 "best_of_mean_curve": float(curve.mean.max()),
+                "auc": mean_ci(aucs, cfg.confidence).as_dict() if aucs else None,
             }
         if not table:
             continue

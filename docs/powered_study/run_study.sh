@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The powered CPU study (docs/powered_study/README.md), stage by stage:
+#   bash docs/powered_study/run_study.sh [all|pilot|main|caps|report]
+# pilot: 4 runs, not part of the analysis (step time, curve bend, seed spread: the README's rule);
+# main: CISPO vs DAPO vs GRPO x 5 seeds; caps: CISPO caps 4/8 and DAPO clips 0.2/0.4 x 5 seeds;
+# report: every comparison (cispo.compare) into this folder. ~45 hours on 2 CPU cores (estimate).
+# Runs resume: a sweep started again continues each run from its latest checkpoint.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PY:-.venv/bin/python}
+OUT=docs/powered_study
+stage=${1:-all}
+
+pilot() {
+    "$PY" -m cispo.train -m experiment=powered_study algorithm=cispo,dapo seed=100,101 \
+        hydra.sweep.dir=multirun/powered_study_pilot
+}
+main_sweep() { "$PY" -m cispo.train -m experiment=powered_study; }
+caps() {
+    "$PY" -m cispo.train -m experiment=powered_study_cispo_caps
+    "$PY" -m cispo.train -m experiment=powered_study_dapo_clips
+}
+report() {
+    if [ -d multirun/powered_study_pilot ]; then
+        "$PY" -m cispo.compare multirun/powered_study_pilot --out "$OUT/pilot"
+        "$PY" -m cispo.report.power "$OUT/pilot/summary.json" --stat auc --evals-per-run 11 \
+            --problems 128 --k 4 --out "$OUT/pilot/power.md"
+    fi
+    "$PY" -m cispo.compare multirun/powered_study --out "$OUT/main"
+    "$PY" -m cispo.compare multirun/powered_study/*_cispo_s* multirun/powered_study_cispo_caps \
+        --group-by algorithm.name,trainer.eps_high --baseline "cispo / 4.0" --out "$OUT/cispo_caps"
+    "$PY" -m cispo.compare multirun/powered_study/*_dapo_s* multirun/powered_study_dapo_clips \
+        --group-by algorithm.name,trainer.eps_high --baseline "dapo / 0.28" --out "$OUT/dapo_clips"
+}
+
+case "$stage" in
+    all) pilot; main_sweep; caps; report ;;
+    pilot) pilot ;;
+    main) main_sweep ;;
+    caps) caps ;;
+    report) report ;;
+    *) echo "usage: $0 [all|pilot|main|caps|report]" >&2; exit 2 ;;
+esac
