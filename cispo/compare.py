@@ -29,7 +29,8 @@ Metric keys read from `metrics.jsonl` (the training loop must log these names):
 | `response_length/mean`       | mean response length in tokens                                 | plot                     |
 | `actor/is_clip_frac_high`    | fraction of tokens whose IS weight hit 1 + eps_high            | plot                     |
 | `actor/is_clip_frac_low`     | fraction of tokens whose IS weight hit 1 - eps_low             | plot                     |
-| `actor/dropped_token_frac`   | fraction of response tokens with exactly zero gradient         | plot (M1's argument)     |
+| `actor/dropped_token_frac`   | fraction of response tokens with exactly zero gradient         | plot, mechanism table    |
+| `actor/dropped_token_frac_low_prob` | the same among tokens with p_old < 0.1 (M1's forks)     | mechanism table          |
 | `time/step`                  | wall seconds of the step                                       | report; wall-clock axis  |
 | `time/total_elapsed`         | wall seconds since the run started (carried over on resume)    | wall-clock axis          |
 | `time/<phase>`               | seconds in a phase (generate, reward, update, ...)             | report (phase table)     |

@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -29,7 +29,6 @@ GROUP_KEY_SEPARATOR = ","  # --group-by algorithm.name,trainer.eps_high: one gro
 GROUP_LABEL_SEPARATOR = " / "
 TOKENS_KEY = "rollout/tokens"  # response tokens generated in the step (dropped groups included)
 
-Axis = Literal["step", "tokens", "time"]
 AXES: tuple[str, ...] = ("step", "tokens", "time")
 AXIS_LABELS = {"step": "step", "tokens": "generated tokens", "time": "wall-clock seconds"}
 
