@@ -1,13 +1,17 @@
 """Chaos trials: kill a random worker, or the whole driver, at a random moment of a quick run, and
 check that the run finishes exactly as a run that was never touched, with no process left behind.
 
-Each trial launches ``python -m cispo.train experiment=quick`` in its own session and picks:
-- ``worker``: after step 1 is logged, wait a random 0-``--window`` s, then kill -9 a random trainer or
-  rollout worker (from the run's ``.owner.json``). The driver must recover in-run
-  (``fault_tolerance.max_restarts``) and exit 0 by itself.
-- ``driver``: after step 1, wait a random 0-``--window`` s, kill -9 the driver's whole process group
-  (its Ray workers live on in their own groups for a few seconds), then relaunch on the same run
-  folder at once, as a supervisor would. The relaunch must wait for or kill the orphans and resume.
+Each trial launches ``python -m cispo.train experiment=quick`` in its own session, waits until a
+random step k (1 <= k < total_steps) is logged plus a random 0-``--window`` s (so the kill lands in
+generation, the update, the weight sync, evaluation or a checkpoint write of step k+1), and then:
+- ``worker``: kill -9 a random trainer or rollout worker (from the run's ``.owner.json``). The driver
+  must recover in-run (``fault_tolerance.max_restarts``) and exit 0 by itself.
+- ``driver``: kill -9 the driver's whole process group (its Ray workers live on in their own groups
+  for a few seconds), then relaunch on the same run folder at once, as a supervisor would. The
+  relaunch must wait for or kill the orphans and resume.
+
+Every run uses a snapshot of the committed tree (``git archive HEAD``), so edits in the working tree
+during the benchmark cannot make the reference and the trials differ.
 
 A trial passes when metrics.jsonl equals the reference run's line for line (timings and ``fault/``
 counters aside), the final checkpoint's weights are bit-identical, every step folder verifies, and
@@ -36,15 +40,26 @@ RESULT = HERE / "results" / "chaos.md"
 VOLATILE = ("time/", "perf/", "actor/perf/", "fault/")
 ORPHAN_GRACE_S = 15.0
 RUN_TIMEOUT_S = 900.0
-QUICK = ("experiment=quick", "logger=disabled", "total_steps=5", "checkpoint.save_every=1", "eval.every=2")
+TOTAL_STEPS = 6
+QUICK = ("experiment=quick", "logger=disabled", f"total_steps={TOTAL_STEPS}", "checkpoint.save_every=1",
+         "eval.every=2")
 
 
-def launch(run_dir: Path, *overrides: str, log: Path | None = None) -> subprocess.Popen:
-    """`python -m cispo.train` on `run_dir` in a new session (its own process group, like a job)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+def snapshot(dest: Path) -> Path:
+    """The committed tree (HEAD) extracted into `dest`: what every run of the benchmark executes."""
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
+def launch(run_dir: Path, *overrides: str, log: Path | None = None, src: Path = ROOT) -> subprocess.Popen:
+    """`python -m cispo.train` on `run_dir` in a new session (its own process group, like a job),
+    running the code in `src` (the checkout, or a `snapshot`)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(src))
     out = open(log or run_dir.with_suffix(".log"), "a")  # noqa: SIM115 - closed with the process
     return subprocess.Popen([sys.executable, "-m", "cispo.train", *QUICK, f"run_dir={run_dir}", *overrides],
-                            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                            cwd=src, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def logged_steps(run_dir: Path) -> list[int]:
@@ -183,17 +198,18 @@ class Trial:
         return self.exit_code == 0 and not self.problems
 
 
-def run_trial(run_dir: Path, kind: str, rng: random.Random, window: float, extra: tuple[str, ...] = ()) -> Trial:
+def run_trial(run_dir: Path, kind: str, rng: random.Random, window: float, src: Path = ROOT) -> Trial:
     """One chaos trial on a fresh `run_dir` (see the module docstring)."""
     from cispo.fault_tolerance import iter_events
 
     start = time.monotonic()
     watch = WorkerWatch(run_dir)
-    proc = launch(run_dir, *extra)
+    proc = launch(run_dir, src=src)
     workers = wait_workers(watch, proc)
-    if not wait_for_step(run_dir, 1, proc) or not workers:
+    after = rng.randrange(1, TOTAL_STEPS)
+    if not wait_for_step(run_dir, after, proc) or not workers:
         code = finish(proc, watch)
-        return Trial(kind, "-", 0.0, code, 0, ["run ended before step 1"], len(orphans_after(watch)),
+        return Trial(kind, "-", 0.0, code, 0, [f"run ended before step {after}"], len(orphans_after(watch)),
                      time.monotonic() - start, None)
     delay = rng.uniform(0.0, window)
     time.sleep(delay)
@@ -214,7 +230,7 @@ def run_trial(run_dir: Path, kind: str, rng: random.Random, window: float, extra
             target += " (already gone)"
         proc.wait()
         watch.poll()
-        proc = launch(run_dir, *extra)  # a supervisor relaunching at once
+        proc = launch(run_dir, src=src)  # a supervisor relaunching at once
         code = finish(proc, watch)
     restarts = sum(1 for e in iter_events(run_dir) if e.get("action") == "restart")
     orphans = orphans_after(watch)
@@ -229,11 +245,12 @@ def write_report(trials: list[Trial], reference_s: float, args: argparse.Namespa
         "",
         f"`flock /tmp/cispo-heavy.lock .venv/bin/python benchmarks/bench_chaos.py --trials {args.trials} "
         f"--seed {args.seed} --window {args.window:g}`: the quick preset ({' '.join(QUICK[2:])}), a random "
-        f"kill -9 0-{args.window:g} s after step 1 is logged. Reference run: {reference_s:.0f} s.",
+        f"kill -9 0-{args.window:g} s after a random step k < {TOTAL_STEPS} is logged; code: a snapshot of the "
+        f"committed tree. Reference run: {reference_s:.0f} s.",
         "",
         f"**{identical}/{len(trials)} identical, {orphans} orphans.**",
         "",
-        "| # | kill | target | after step | delay s | exit | in-run restarts | trial s | result |",
+        "| # | kill | target | after step k | delay s | exit | in-run restarts | trial s | result |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for i, t in enumerate(trials, 1):
@@ -254,16 +271,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--window", type=float, default=4.0, help="seconds after step 1 to pick the kill from")
+    parser.add_argument("--window", type=float, default=1.0, help="seconds after step k to pick the kill from")
     parser.add_argument("--kinds", default="worker,driver")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/cispo_chaos"))
     args = parser.parse_args()
     rng = random.Random(args.seed)
     args.workdir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    src = snapshot(args.workdir / f"{stamp}-src")
     reference = args.workdir / f"{stamp}-reference"
     t0 = time.monotonic()
-    code = launch(reference).wait()
+    code = launch(reference, src=src).wait()
     reference_s = time.monotonic() - t0
     if code != 0:
         raise SystemExit(f"reference run failed (exit {code}); see {reference.with_suffix('.log')}")
@@ -272,7 +290,7 @@ def main() -> None:
     for i in range(args.trials):
         kind = kinds[i % len(kinds)]
         run_dir = args.workdir / f"{stamp}-trial{i + 1}-{kind}"
-        trial = run_trial(run_dir, kind, rng, args.window)
+        trial = run_trial(run_dir, kind, rng, args.window, src)
         if trial.exit_code == 0:
             trial.problems = compare(reference, run_dir)
         trials.append(trial)

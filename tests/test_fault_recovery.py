@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ HANG_TIMEOUT_S = 20  # fault_tolerance.call_timeout_s in the test: a stopped wor
 def _bench():
     spec = importlib.util.spec_from_file_location("bench_chaos", ROOT / "benchmarks" / "bench_chaos.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
