@@ -244,6 +244,9 @@ def train_with_recovery(cfg: "TrainConfig", train_fn: Callable[..., Path] | None
     except RunLockedError as exc:
         log.error("%s", exc)
         raise RunStopped(EXIT_RUN_LOCKED) from None
+    import ray
+
+    ray_was_up = ray.is_initialized()  # a caller's cluster is left alone; one the loop started is not
     restarts = 0
     state: dict[str, float] = {RESTARTS_KEY: 0}
     attempt_cfg = cfg
@@ -272,6 +275,10 @@ def train_with_recovery(cfg: "TrainConfig", train_fn: Callable[..., Path] | None
                               "%s resumes from checkpoint %s.", failure.describe(), restarts + 1, ft.max_restarts,
                               run_dir, latest)
                     raise RunStopped(EXIT_WORKER_FAILURE) from None
+                if not ray_was_up and ray.is_initialized():
+                    # A failure while the components were still being built skips their clean-up:
+                    # shutting the run's own cluster down kills every worker it still has.
+                    ray.shutdown()
                 restarts += 1
                 state[RESTARTS_KEY] = restarts
                 _append_event(run_dir, event | {"action": "restart"})
@@ -289,7 +296,12 @@ def train_with_recovery(cfg: "TrainConfig", train_fn: Callable[..., Path] | None
 def _on_built(c: "Components", lock: Any, state: dict[str, float]) -> None:
     """Called by the loop once the components exist: count restarts in every metrics line and record
     the worker processes with the run lock."""
+    from cispo.checkpoint.lock import new_attempt_id
+
     c.logger.constant_metrics.update(state)
+    # A fresh attempt id per (re)build: a worker of the torn-down attempt that is still alive for a
+    # moment cannot write into this attempt's temp checkpoint folders.
+    c.checkpoints.attempt = new_attempt_id()
     try:
         lock.set_workers(worker_records(c))
     except Exception as exc:  # noqa: BLE001 - the record is a safeguard, not worth failing the run
