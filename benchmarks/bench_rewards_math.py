@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--rewards-root", default=str(ROOT), help="folder holding the rewards/ package to measure")
     ap.add_argument("--label", default="current")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--legacy", action="store_true", help="score with math_strict=False (the earlier grader's rules)")
     ap.add_argument("--write", action="store_true", help="keep the row in benchmarks/results/rewards_math.md")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(args.rewards_root).resolve()))
@@ -70,13 +71,15 @@ def main() -> None:
     from rewards import math_reward
     from rewards.config import DEFAULT_CONFIG
 
+    config = DEFAULT_CONFIG.replace(math_strict=False) if args.legacy else DEFAULT_CONFIG
+
     print("rewards from", Path(scoring.__file__).resolve().parent, file=sys.stderr)
     scoring.IN_WORKER = True  # math-verify inline, as in a pool worker
     math_reward.warm_up()
     items = workload()
     def one(kind: str, response: str, gold: object) -> bool | None:
         try:
-            return scoring.score_with_config(kind, response, gold, DEFAULT_CONFIG).correct
+            return scoring.score_with_config(kind, response, gold, config).correct
         except Exception:  # noqa: BLE001 - the older grader raised on some inputs: counted, not fatal
             return None
 
