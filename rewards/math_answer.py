@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from rewards.extract import _BOX_CMD, _brace_partners, _clean_inline, last_answer_line, normalize_number_text, strip_think
+from rewards.extract import _ANSWER_LINE, _BOX_CMD, _brace_partners, _clean_inline, normalize_number_text, strip_think
 
 _HIDING_CMD = re.compile(r"\\(?:phantom|hphantom|vphantom|iffalse)(?![A-Za-z])")
 _GSM8K_LINE = re.compile(r"^[ \t]*####[ \t]*(.*)$", re.MULTILINE)
@@ -21,6 +21,12 @@ _RETRACTION = re.compile(
     r"\b(?:wait|actually|correction|mistake|recheck|re-check|error|wrong|instead|oops|revis(?:e|ed|ing)|reconsider)\b",
     re.IGNORECASE,
 )
+_OR = re.compile(r"\bor\b", re.IGNORECASE)
+_OR_AFTER = re.compile(
+    r"[\s.,;:)$}]*(?:\\text\s*\{\s*)?\(?\s*or\s+(?:maybe\s+|possibly\s+|perhaps\s+)?[\s$(}]*(?:[-+]?\d|\\frac|\\sqrt|\\boxed)",
+    re.IGNORECASE,
+)
+_OR_BEFORE = re.compile(r"(?:\d|\})[\s$)]*(?:\\text\s*\{\s*)?\bor\b\s*\}?[\s$(]*(?:\\\(|\\\[)?\s*$", re.IGNORECASE)
 _PROSE = re.compile(r"(?:\b[A-Za-z]{2,}\b[^A-Za-z\\]+){3}")
 
 
@@ -31,6 +37,7 @@ class Candidate:
     pos: int
     text: str
     fmt: str
+    end: int = -1  # where the answer's markup ends (-1: unknown)
 
 
 def strip_hidden(text: str) -> str:
@@ -113,14 +120,14 @@ def top_level_boxes(text: str) -> list[Candidate]:
             if close is None:
                 continue  # unbalanced (e.g. truncated): not an answer
             content = text[j + 1:close].strip()
-            covered_until = close
+            covered_until = end = close + 1
         else:
             k = j
             while k < len(text) and not text[k].isspace() and text[k] not in "$}":
                 k += 1
-            content = text[j:k].strip()
+            content, end = text[j:k].strip(), k
         if content:
-            found.append(Candidate(m.start(), content, "boxed"))
+            found.append(Candidate(m.start(), content, "boxed", end))
     return found
 
 
@@ -134,8 +141,46 @@ def gsm8k_lines(text: str) -> list[Candidate]:
     for m in _GSM8K_LINE.finditer(text):
         value = _clean_inline(normalize_number_text(m.group(1)))
         if value and _STARTS_NUMERIC.match(value):
-            found.append(Candidate(m.start(), value, "gsm8k"))
+            found.append(Candidate(m.start(), value, "gsm8k", m.end()))
     return found
+
+
+def answer_lines(text: str) -> list[Candidate]:
+    """Every `Answer: ...` line (DAPO's format; `**Final Answer:**` too); an empty one takes the next non-empty line."""
+    found = []
+    for m in _ANSWER_LINE.finditer(text):
+        line_end = text.find("\n", m.end())
+        line_end = len(text) if line_end < 0 else line_end
+        value, end = text[m.end():line_end], line_end
+        if not value.strip("*_ \t"):
+            start = line_end + 1
+            while start < len(text):
+                nxt = text.find("\n", start)
+                nxt = len(text) if nxt < 0 else nxt
+                if text[start:nxt].strip():
+                    value, end = text[start:nxt], nxt
+                    break
+                start = nxt + 1
+        value = _clean_inline(value)
+        if value:
+            found.append(Candidate(m.start(), value, "answer_line", end))
+    return found
+
+
+def hedged_around(response: str, formats: tuple[str, ...], *, think: bool = True) -> bool:
+    """Whether the final answer is written as one side of an "or": `\\boxed{5} or 6`, `3 or \\boxed{5}`."""
+    body = strip_think(response) if think else response
+    if body is None:
+        return False
+    body = strip_hidden(body)
+    found = answer_candidates(body, formats, think=False) or []
+    if not found or found[-1].end < 0:
+        return False
+    final = found[-1]
+    line_start = body.rfind("\n", 0, final.pos) + 1
+    line_end = body.find("\n", final.end)
+    line_end = len(body) if line_end < 0 else line_end
+    return bool(_OR_AFTER.match(body, final.end, line_end) or _OR_BEFORE.search(body[line_start:final.pos]))
 
 
 def answer_candidates(response: str, formats: tuple[str, ...], *, think: bool = True) -> list[Candidate] | None:
@@ -148,20 +193,15 @@ def answer_candidates(response: str, formats: tuple[str, ...], *, think: bool = 
     if "boxed" in formats:
         found += top_level_boxes(body)
     if "answer_line" in formats:
-        line = last_answer_line(body)
-        if line is not None:
-            line_end = body.find("\n", line[0])
-            segment = body[line[0]:] if line_end < 0 else body[line[0]:line_end]
-            boxed_inside = "boxed" in formats and _BOX_CMD.search(segment)
-            if not boxed_inside:
-                found.append(Candidate(line[0], line[1], "answer_line"))
+        found += [c for c in answer_lines(body) if not ("boxed" in formats and _BOX_CMD.search(body, c.pos, c.end))]
     if "gsm8k" in formats:
         found += gsm8k_lines(body)
     found.sort(key=lambda c: c.pos)
-    # a retraction ("Wait, ...", "Actually ...") between answers supersedes what was written before it
+    # a retraction ("Wait, ...", "Actually ...") between answers supersedes what was written before it;
+    # "wait, or maybe" is a hedge, not a retraction
     for k in range(len(found) - 1, 0, -1):
-        gap = body[found[k - 1].pos:found[k].pos]
-        if _RETRACTION.search(gap):
+        gap = body[max(found[k - 1].end, found[k - 1].pos):found[k].pos]
+        if _RETRACTION.search(gap) and not _OR.search(gap):
             found = found[k:]
             break
     if found:  # an `Answer:` line of prose that an answer follows is a heading, not an answer

@@ -25,9 +25,9 @@ from typing import Any, Callable, Iterator
 from rewards import types as R
 from rewards.config import RewardConfig
 from rewards.extract import _clean_inline, extract_math_answer, last_boxed, normalize_number_text
-from rewards.math_answer import answer_candidates, answer_key
+from rewards.math_answer import answer_candidates, answer_key, hedged_around
 from rewards.math_numbers import digit_limit, int_text
-from rewards.math_strict import EQUAL as S_EQUAL, MULTIPLE, StrictOptions, judge, parse_aime_strict
+from rewards.math_strict import EQUAL as S_EQUAL, MULTIPLE, StrictOptions, is_list, judge, parse_aime_strict
 from rewards.types import RewardResult
 
 # verdicts of one equivalence check
@@ -239,6 +239,8 @@ def _score_math_strict(response: Any, ground_truth: Any, cfg: RewardConfig, *, v
     if not candidates:
         return _result(cfg, False, None, R.NO_ANSWER)
     extracted = candidates[-1].text
+    if not cfg.math_allow_multiple_answers and hedged_around(response, cfg.math_formats, think=cfg.strip_think):
+        return _result(cfg, False, extracted, R.MULTIPLE_ANSWERS, "the final answer is one side of an 'or'")
     opts = strict_options(cfg)
     distinct: list[str] = []
     keys: set[str] = set()
@@ -248,6 +250,10 @@ def _score_math_strict(response: Any, ground_truth: Any, cfg: RewardConfig, *, v
             keys.add(key)
             distinct.append(c.text)
     to_judge = distinct if len(distinct) > 1 and not cfg.math_allow_multiple_answers else distinct[:1]
+    if len(to_judge) > 1 and is_list(gold):  # a multi-part gold: "(a) \boxed{3} (b) \boxed{4}" for "3, 4"
+        joined = ", ".join(c.text for c in candidates if c.fmt == "boxed")
+        if judge(gold, joined, opts, verify, cfg.math_timeout_s)[0] == S_EQUAL:
+            return _result(cfg, True, joined, R.CORRECT)
     if len(to_judge) > cfg.math_max_answers_checked:
         return _result(cfg, False, extracted, R.MULTIPLE_ANSWERS, f"{len(to_judge)} differing final answers")
     for text in to_judge:
@@ -336,6 +342,8 @@ def _score_aime_strict(response: Any, ground_truth: Any, cfg: RewardConfig) -> R
     if not candidates:
         return _result(cfg, False, None, R.NO_ANSWER)
     extracted = candidates[-1].text
+    if not cfg.math_allow_multiple_answers and hedged_around(response, cfg.math_formats, think=cfg.strip_think):
+        return _result(cfg, False, extracted, R.MULTIPLE_ANSWERS, "the final answer is one side of an 'or'")
     parsed = [parse_aime_strict(c.text, digits) for c in candidates]
     pred, why = parsed[-1]
     if not cfg.math_allow_multiple_answers and len({answer_key(c.text) for c in candidates}) > 1:

@@ -60,6 +60,7 @@ UNIT_ALIASES = {
     "deg": "degree", "circ": "degree", "usd": "dollar", "mph": "mile per hour", "sq": "square",
     "units": "unit",
 }
+_QUALIFIER_CMDS = re.compile(r"\\(?:approx|sim|simeq|lesssim|gtrsim)(?![A-Za-z])")
 _NEGATION_CMDS = re.compile(r"\\(?:neq|ne|neg|lnot|not|notin|nmid)(?![A-Za-z])|!=")
 _HEDGE_CMDS = {"lor": re.compile(r"\\(?:lor|vee)(?![A-Za-z])"), "pm": re.compile(r"\\(?:pm|mp)(?![A-Za-z])"),
                "cases": re.compile(r"\\begin\s*\{cases\}")}
@@ -217,7 +218,7 @@ def prepare(text: str) -> Prepared:
     if len(split_top_level(t, ";")) > 1:
         hedges.add("list;")
     negations = {m.group(0) for m in _NEGATION_CMDS.finditer(t)} | (all_words & NEGATION_WORDS)
-    qualifiers = all_words & QUALIFIER_WORDS
+    qualifiers = (all_words & QUALIFIER_WORDS) | {m.group(0) for m in _QUALIFIER_CMDS.finditer(t)}
     if unit_words and unit_words[-1] in PERCENT_WORDS:
         percent, unit_words = True, unit_words[:-1]
     unit_words = [w for w in unit_words if w not in HEDGE_WORDS | NEGATION_WORDS | QUALIFIER_WORDS]
@@ -241,6 +242,12 @@ def _unwrap_boxes(text: str) -> str:
             keep[m.start():m.end()] = [False] * (m.end() - m.start())
             keep[close] = False
     return "".join(ch for ch, k in zip(text, keep) if k).strip()
+
+
+def is_list(text: str) -> bool:
+    """Whether an answer is a top-level list (`3, 4`; not `(3, 4)`, not `1,000`)."""
+    value = _clean_inline(normalize_unicode(text))
+    return len(split_top_level(value, ",")) > 1 and parse_number(value) is None
 
 
 def is_variable(lhs: str) -> bool:
