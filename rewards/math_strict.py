@@ -76,6 +76,9 @@ _TRAIL_SPACE_ONE = re.compile(r"(?:\\[,;:! ]|\\q?quad|~|\.)$")
 _PERCENT_END = re.compile(r"\\?%$")
 _DEGREE_END = re.compile(r"(?:\^\s*(?:\{\s*\\circ\s*\}|\\circ)|\\degree)$")
 _PLAIN_WORDS_END = re.compile(r"(?<=[\d}])\s+((?:[A-Za-z]{2,}\s+){0,3}[A-Za-z]{2,})$")
+_STARTS_NUMBER = re.compile(r"[-+]?\.?\d")
+_CHOICE = re.compile(r"\(?([a-z])\)")
+_ALTERNATIVE = re.compile(r"\\text\s*\{\s*(?:or|and)\s*\}|\\(?:lor|vee)(?![A-Za-z])|(?<![A-Za-z\\])(?:or|and)(?![A-Za-z])|;")
 _DOLLAR = re.compile(r"\\\$|\$")
 _WORD = re.compile(r"[A-Za-z]+")
 _PLAIN_HEDGE = re.compile(r"(?<![A-Za-z\\])(?:or|and)(?![A-Za-z])")
@@ -168,6 +171,8 @@ def prepare(text: str) -> Prepared:
     t = t.replace("\\tfrac", "\\frac")
     t = _unwrap_boxes(t)  # a box inside the answer is part of it: \boxed{3 \text{ or } \boxed{5}} is "3 or 5"
     t = _DOLLAR.sub("", t).strip()
+    if (m := _TEXT_GROUP.fullmatch(t)) and _STARTS_NUMBER.match(m.group(1).strip()):
+        t = m.group(1).strip()  # \text{5 cm} is 5 cm
     unit_words: list[str] = []
     power: str | None = None
     percent = False
@@ -281,13 +286,23 @@ def _gold_value(g: Prepared) -> tuple[str, str | None, bool]:
     return g.value, None, False
 
 
-def judge(gold: str, pred: str, opts: StrictOptions, verify: VerifyFn, timeout_s: float) -> tuple[str, str]:
+def judge(gold: str, pred: str, opts: StrictOptions, verify: VerifyFn, timeout_s: float, depth: int = 0) -> tuple[str, str]:
     """(verdict, detail) for one answer against one gold: EQUAL, NOT_EQUAL, MULTIPLE or verify's own verdict."""
     g, p = prepare(gold), prepare(pred)
     if g.text_answer is not None:
-        same = text_key(pred) == g.text_answer or p.text_answer == g.text_answer
+        key = text_key(pred)
+        same = key == g.text_answer or p.text_answer == g.text_answer
+        if not same and len(g.text_answer) == 1 and (m := _CHOICE.match(_clean_inline(_TEXT_GROUP.sub(lambda t: t.group(1), pred)).lower())):
+            same = m.group(1) == g.text_answer  # "(C) 12" for the choice (C)
         return (EQUAL, "") if same else (NOT_EQUAL, "word answer differs from the gold's")
-    if extra := p.hedges - g.hedges:
+    extra = p.hedges - g.hedges
+    if extra and "," in gold and extra <= {"word:or", "word:and", "lor", "list;"} and depth == 0:
+        # a list gold: "x = 1 or x = 2" is the list "1, 2"
+        parts = split_top_level(_ALTERNATIVE.sub(",", p.value), ",")
+        values = [q.split("=")[-1].strip() if len(split_top_level(q, "=")) == 2 and is_variable(q.split("=")[0]) else q
+                  for q in parts if q]
+        return judge(gold, ", ".join(values), opts, verify, timeout_s, depth=1)
+    if extra - ({"list"} if "," in gold else set()):
         return MULTIPLE, f"the answer hedges or lists several values ({', '.join(sorted(extra))})"
     if extra := p.negations - g.negations:
         return NOT_EQUAL, f"the answer is negated ({', '.join(sorted(extra))})"
