@@ -16,10 +16,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Callable
 
-from fractions import Fraction
-
 from rewards.extract import _brace_partners, _clean_inline
-from rewards.math_numbers import BigNumber, Number, decimals_written, digit_limit, merge_thousands, numbers_equal, parse_number
+from rewards.math_numbers import BigNumber, decimals_written, digit_limit, numbers_equal, parse_number
 
 # --------------------------------------------------------------------------- Unicode
 _ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e"), None)
@@ -50,6 +48,11 @@ HEDGE_WORDS = frozenset({"or", "and", "either", "maybe", "possibly", "perhaps", 
 NEGATION_WORDS = frozenset({"not", "no", "except", "neither", "nor", "never", "cannot", "isnt", "none"})
 QUALIFIER_WORDS = frozenset({"approximately", "approx", "about", "around", "roughly", "nearly", "almost", "least",
                              "most", "more", "less", "than", "over", "under", "between", "up", "to", "within"})
+CLAUSE_WORDS = frozenset({"is", "are", "was", "were", "be", "been", "if", "but", "unless", "when", "because", "since",
+                          "assuming", "wrong", "incorrect", "false", "true", "guess", "sure", "probably", "likely",
+                          "think", "i", "we", "it", "this", "that", "answer", "only", "for", "with", "where"})
+MAX_PEELS = 8  # trailing pieces (spacing, %, degrees, unit texts) peeled off one answer
+MAX_UNIT_WORDS = 3  # "miles per hour"; a longer trailing text is a clause, not a unit
 FILLER_WORDS = frozenset({"the", "final", "answer", "is", "thus", "so", "therefore", "hence", "we", "get", "have",
                           "result", "equals", "a", "an", "total", "of"})
 UNIT_ALIASES = {
@@ -82,7 +85,7 @@ _ALTERNATIVE = re.compile(r"\\text\s*\{\s*(?:or|and)\s*\}|\\(?:lor|vee)(?![A-Za-
 _DOLLAR = re.compile(r"\\\$|\$")
 _WORD = re.compile(r"[A-Za-z]+")
 _PLAIN_HEDGE = re.compile(r"(?<![A-Za-z\\])(?:or|and)(?![A-Za-z])")
-NAME = r"(?:[A-Za-z]|\\[A-Za-z]+)(?:_(?:\{[^{}]*\}|[A-Za-z0-9]))?'*(?:\([^()]*\))?"
+NAME = r"(?:[A-Za-z]|\\[A-Za-z]+|\\text\s*\{[A-Za-z ]+\})(?:_(?:\{[^{}]*\}|[A-Za-z0-9]))?'*(?:\([^()]*\))?"
 _LHS_NAME = re.compile(NAME + r"(?:\s*(?:(?:[-+*/]|\\cdot|\\times)\s*)?" + NAME + r")*")
 MAX_NAME_LEN = 64  # a left-hand side longer than this is not "a variable"
 
@@ -117,9 +120,16 @@ def _strip_trailing_space(text: str) -> str:
 
 
 def _is_unit_text(content: str) -> bool:
-    """Words (2+ letters), or one letter that is a unit abbreviation (`g`, `m`, `s`; not `i`, `e`)."""
-    letters = "".join(_WORD.findall(content))
-    return len(letters) >= 2 or letters.lower() in UNIT_ALIASES
+    """Text that reads as a unit: at most MAX_UNIT_WORDS words, no clause words (`is wrong`, `if n > 2`).
+
+    One letter counts only when it is a unit abbreviation (`g`, `m`, `s`; not `i`, `e`). Hedge,
+    negation and qualifier words are peeled like units and judged afterwards.
+    """
+    words = _words(content)
+    letters = "".join(words)
+    if not letters or len(words) > MAX_UNIT_WORDS or set(words) & CLAUSE_WORDS:
+        return False
+    return len(letters) >= 2 or letters in UNIT_ALIASES
 
 
 def normalize_unit(words: list[str], power: str | None) -> str:
@@ -157,8 +167,8 @@ def split_top_level(text: str, sep: str) -> list[str]:
         elif ch == sep and depth == 0:
             if sep == "=" and ((i > 0 and text[i - 1] in "<>!=:") or (i + 1 < len(text) and text[i + 1] == "=")):
                 continue
-            if sep == "," and i > 0 and text[i - 1] == "{" or sep == "," and i > 0 and text[i - 1] == "\\":
-                continue
+            if sep == "," and i > 0 and text[i - 1] == "\\":
+                continue  # \, is TeX spacing, not a comma
             parts.append(text[start:i])
             start = i + 1
     parts.append(text[start:])
@@ -176,7 +186,7 @@ def prepare(text: str) -> Prepared:
     unit_words: list[str] = []
     power: str | None = None
     percent = False
-    for _ in range(8):  # peel what follows the value: spacing, %, degrees, \text units, plain unit words
+    for _ in range(MAX_PEELS):  # peel what follows the value: spacing, %, degrees, \text units, plain unit words
         t = _strip_trailing_space(t)
         if m := _PERCENT_END.search(t):
             percent, t = True, t[:m.start()]
@@ -194,7 +204,7 @@ def prepare(text: str) -> Prepared:
             continue
         if (m := _PLAIN_WORDS_END.search(t)) and parse_number(t[:m.start()]) is not None:
             words = _words(m.group(1))
-            if all(len(w) >= 3 or w in UNIT_ALIASES for w in words):
+            if _is_unit_text(m.group(1)) and all(len(w) >= 3 or w in UNIT_ALIASES for w in words):
                 unit_words, t = words + unit_words, t[:m.start()]
                 continue
         break
@@ -203,8 +213,10 @@ def prepare(text: str) -> Prepared:
         lead = _words(m.group(1))
         if lead and set(lead) <= FILLER_WORDS and t[m.end():].strip():
             t = t[m.end():].strip()
+    parts = split_top_level(t, "=")
+    lhs_end = len(parts[0]) if len(parts) >= 2 and _TEXT_GROUP.fullmatch(parts[0]) else -1  # \text{Area} = 5
     for g in _TEXT_GROUP.finditer(t):
-        if sum(map(len, _WORD.findall(g.group(1)))) >= 2:
+        if g.end() > lhs_end and sum(map(len, _WORD.findall(g.group(1)))) >= 2:
             words.update(_words(g.group(1)))
     plain = _TEXT_GROUP.sub(" ", t)
     stripped = _TEXT_GROUP.sub("", t)
@@ -231,7 +243,7 @@ def prepare(text: str) -> Prepared:
     return Prepared(
         value=t.strip(), unit=unit, percent=percent, words=frozenset(words - HEDGE_WORDS - NEGATION_WORDS - QUALIFIER_WORDS),
         hedges=frozenset(hedges), negations=frozenset(negations), qualifiers=frozenset(qualifiers),
-        text_answer=text_answer, parts=split_top_level(t, "="),
+        text_answer=text_answer, parts=parts,
     )
 
 
