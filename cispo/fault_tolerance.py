@@ -105,7 +105,7 @@ class WorkerFailure:
 
     def describe(self) -> str:
         verb = {"died": "died", "hang": "did not answer in time", "peer": "failed (a peer rank died)"}[self.kind]
-        return f"{self.worker} {verb} during {self.where}: {self.message}"
+        return f"{self.worker} {verb} during {self.where}: {self.message.rstrip('.')}"
 
 
 def _where(exc: BaseException) -> str:
@@ -132,8 +132,10 @@ def classify(exc: BaseException) -> WorkerFailure | None:
 
     text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
     match = WORKER_CLASSES.search(str(exc))
-    worker = match.group(1) if match else "a worker"
     where = _where(exc)
+    # A timeout names no actor: the group whose call it was does.
+    worker = match.group(1) if match else {"TrainerGroup": "PolicyActor", "RolloutGroup": "RolloutActor"}.get(
+        where.split(".")[0], "a worker")
     died = (rx.RayActorError, rx.WorkerCrashedError, rx.NodeDiedError, rx.ObjectLostError, rx.OutOfMemoryError,
             RolloutGroupError)
     if isinstance(exc, rx.RayTaskError):
