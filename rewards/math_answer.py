@@ -3,8 +3,10 @@
 Why: taking "the box that starts last" grades a position, not an answer. A second box after an
 "or", a box nested in the final one, or a box inside an HTML/TeX comment or `\\phantom` would be
 what gets graded. Here hidden text is removed first (a reader never sees it), every answer the
-response writes is collected (top-level boxes, the last `Answer:` line, `####` lines that hold a
-number), and the caller refuses a response whose answers disagree. Linear time on any input.
+response writes is collected (top-level boxes, `Answer:` lines, `####` lines that hold a number),
+and the caller refuses a response whose answers disagree or whose final answer stands next to an
+"or". A retraction ("Wait, ...") between two answers keeps only the later one. Linear time on any
+input.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ _OR_AFTER = re.compile(
     re.IGNORECASE,
 )
 _OR_BEFORE = re.compile(r"(?:\d|\})[\s$)]*(?:\\text\s*\{\s*)?\bor\b\s*\}?[\s$(]*(?:\\\(|\\\[)?\s*$", re.IGNORECASE)
+HEDGE_WINDOW = 200  # characters looked at on each side of the final answer for an "or"
 _PROSE = re.compile(r"(?:\b[A-Za-z]{2,}\b[^A-Za-z\\]+){3}")
 
 
@@ -41,10 +44,9 @@ class Candidate:
 
 
 def strip_hidden(text: str) -> str:
-    """The text a reader sees: HTML comments, TeX `%` comments and `\\phantom{...}` removed.
-
-    A `%` after a digit or a backslash is a percent sign (`50%`, `\\%`); any other `%` starts a
-    TeX comment to the end of its line. An unclosed `<!--` hides the rest of the text.
+    """The text a reader sees: HTML comments, TeX `%` comments, `\\phantom{...}` (and the h/v
+    forms) and `\\iffalse ... \\fi` removed. An unclosed `<!--` hides the rest of the text; which
+    `%` is a comment: `_drop_tex_comment`.
     """
     out: list[str] = []
     i, n = 0, len(text)
@@ -180,7 +182,8 @@ def hedged_around(response: str, formats: tuple[str, ...], *, think: bool = True
     line_start = body.rfind("\n", 0, final.pos) + 1
     line_end = body.find("\n", final.end)
     line_end = len(body) if line_end < 0 else line_end
-    return bool(_OR_AFTER.match(body, final.end, line_end) or _OR_BEFORE.search(body[line_start:final.pos]))
+    head = body[max(line_start, final.pos - HEDGE_WINDOW):final.pos]
+    return bool(_OR_AFTER.match(body, final.end, min(line_end, final.end + HEDGE_WINDOW)) or _OR_BEFORE.search(head))
 
 
 def answer_candidates(response: str, formats: tuple[str, ...], *, think: bool = True) -> list[Candidate] | None:
