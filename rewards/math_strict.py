@@ -82,6 +82,7 @@ _PLAIN_WORDS_END = re.compile(r"(?<=[\d}])\s+((?:[A-Za-z]{2,}\s+){0,3}[A-Za-z]{2
 _STARTS_NUMBER = re.compile(r"[-+]?\.?\d")
 _CHOICE = re.compile(r"\(?([a-z])\)")
 _ALTERNATIVE = re.compile(r"\\text\s*\{\s*(?:or|and)\s*\}|\\(?:lor|vee)(?![A-Za-z])|(?<![A-Za-z\\])(?:or|and)(?![A-Za-z])|;")
+_LEAD_FILLER = re.compile(r"(?:(?:the|final|answer|is|thus|so|therefore|hence)\b[\s:,]*)+", re.IGNORECASE)
 _DOLLAR = re.compile(r"\\\$|\$")
 _WORD = re.compile(r"[A-Za-z]+")
 _PLAIN_HEDGE = re.compile(r"(?<![A-Za-z\\])(?:or|and)(?![A-Za-z])")
@@ -213,6 +214,8 @@ def prepare(text: str) -> Prepared:
         lead = _words(m.group(1))
         if lead and set(lead) <= FILLER_WORDS and t[m.end():].strip():
             t = t[m.end():].strip()
+    if (m := _LEAD_FILLER.match(t)) and m.end() < len(t) and re.match(r"[-+\d\\($.]", t[m.end():]):
+        t = t[m.end():]  # "The answer is 204"
     parts = split_top_level(t, "=")
     lhs_end = len(parts[0]) if len(parts) >= 2 and _TEXT_GROUP.fullmatch(parts[0]) else -1  # \text{Area} = 5
     for g in _TEXT_GROUP.finditer(t):
