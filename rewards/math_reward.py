@@ -250,12 +250,12 @@ def _score_math_strict(response: Any, ground_truth: Any, cfg: RewardConfig, *, v
             keys.add(key)
             distinct.append(c.text)
     to_judge = distinct if len(distinct) > 1 and not cfg.math_allow_multiple_answers else distinct[:1]
+    if len(to_judge) > cfg.math_max_answers_checked:
+        return _result(cfg, False, extracted, R.MULTIPLE_ANSWERS, f"{len(to_judge)} differing final answers")
     if len(to_judge) > 1 and is_list(gold):  # a multi-part gold: "(a) \boxed{3} (b) \boxed{4}" for "3, 4"
         joined = ", ".join(c.text for c in candidates if c.fmt == "boxed")
         if judge(gold, joined, opts, verify, cfg.math_timeout_s)[0] == S_EQUAL:
             return _result(cfg, True, joined, R.CORRECT)
-    if len(to_judge) > cfg.math_max_answers_checked:
-        return _result(cfg, False, extracted, R.MULTIPLE_ANSWERS, f"{len(to_judge)} differing final answers")
     for text in to_judge:
         verdict, detail = judge(gold, text, opts, verify, cfg.math_timeout_s)
         if verdict == BAD_GOLD:

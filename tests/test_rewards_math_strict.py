@@ -45,7 +45,7 @@ def test_strict_case_table_covers_every_mechanism() -> None:
     assert {c["mechanism"] for c in cases} == {"crash", "extract", "aime", "parse", "fair"}
     paid_before = [c for c in cases if c["before"] is True and not c["expected"]]
     refused_before = [c for c in cases if c["before"] is False and c["expected"]]
-    assert len(paid_before) >= 25 and len(refused_before) >= 10
+    assert len(paid_before) >= 35 and len(refused_before) >= 18
 
 
 @pytest.mark.parametrize("case", _cases(), ids=lambda c: c["id"])
