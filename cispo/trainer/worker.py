@@ -291,7 +291,8 @@ class PolicyWorker:
 
     # -------------------------------------------------------------- weights
     def export_weights(self) -> dict[str, Tensor]:
-        """The full state dict in HF names, on CPU (gathered under ZeRO-3; collective there).
+        """The full state dict in HF names, on CPU, on rank 0 (gathered under ZeRO-3, which makes it
+        collective there); the other ranks take part and get ``{}`` (no second full copy each).
 
         With tied embeddings ``lm_head.weight`` is included: vLLM keeps a wrong head without it."""
         import deepspeed
@@ -300,6 +301,8 @@ class PolicyWorker:
         gather = (deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
                   if self.config.zero_stage == 3 else nullcontext())
         with gather:
+            if self.rank != 0:
+                return {}
             state = {name: t.detach().to("cpu", copy=True).contiguous() for name, t in model.state_dict().items()}
         head = model.get_output_embeddings()
         head_key = next((n + ".weight" for n, mod in model.named_modules() if mod is head), None)
