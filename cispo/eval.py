@@ -30,7 +30,7 @@ def resolve_model(path: str) -> str:
     if (p / "checkpoints").is_dir():
         from cispo.checkpoint import CheckpointManager
 
-        latest = CheckpointManager(p, keep_last=None).find_resume("auto")
+        latest = CheckpointManager(p, keep_last=None, cleanup=False).find_resume("auto")  # the run may be live
         if latest is not None:
             return str(latest / "trainer" / "model")
     raise ValueError(f"model={path!r}: not an HF model folder, a checkpoint folder or a run folder with checkpoints")

@@ -375,3 +375,16 @@ def test_second_sigterm_in_subprocess_kills_immediately(tmp_path: Path) -> None:
     proc.communicate(timeout=30)
     assert proc.returncode == -signal.SIGTERM
     assert not any((tmp_path / "checkpoints").glob("step_*"))
+
+
+def test_a_reader_never_cleans_a_live_run_and_the_attempt_id_stays_out_of_the_checkpoint(tmp_path: Path) -> None:
+    owner = CheckpointManager(tmp_path, keep_last=2, attempt="42-beef")
+    _save(owner, 1)
+    with owner.writing(2) as tmp:
+        assert tmp.name == ".tmp_step_00000002_42-beef" and (tmp / ".attempt").read_text() == "42-beef\n"
+        _write_checkpoint(tmp, 2)
+        reader = CheckpointManager(tmp_path, keep_last=None, cleanup=False)  # e.g. cispo.eval on a live run
+        assert tmp.is_dir() and reader.find_resume("auto") == owner.dir / "step_00000001"
+    assert not (owner.dir / "step_00000002" / ".attempt").exists() and verify(owner.dir / "step_00000002") == []
+    with pytest.raises(ValueError, match="attempt"):
+        CheckpointManager(tmp_path, keep_last=2, attempt="../x")

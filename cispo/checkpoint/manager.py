@@ -54,9 +54,11 @@ class CheckpointManager:
     """
 
     def __init__(self, run_dir: str | Path, keep_last: int | None, *, check_hashes: bool = True,
-                 attempt: str | None = None):
+                 attempt: str | None = None, cleanup: bool = True):
         """`attempt`: the id of this driver attempt (default: the pid), written into every temp folder
-        (`ATTEMPT_FILE`) so that workers can check they write into the attempt that created them."""
+        (`ATTEMPT_FILE`) so that workers can check they write into the attempt that created them.
+        `cleanup`: clean what a crash left (the run folder's owner only); a reader of another
+        process's run (evaluation of a live run) passes False so it never deletes a save in progress."""
         if keep_last is not None and (
             isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1
         ):
@@ -69,7 +71,8 @@ class CheckpointManager:
         if not self.attempt or not all(ch.isalnum() or ch == "-" for ch in self.attempt):
             raise ValueError(f"attempt must be letters, digits and '-', got {self.attempt!r}")
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._clean_leftovers()
+        if cleanup:
+            self._clean_leftovers()
 
     # -- listing ---------------------------------------------------------------------------------
 
