@@ -256,7 +256,7 @@ def main() -> None:
                     print(agr[-1], flush=True)
         finally:
             eng.close()
-            del eng
+            eng = None  # drop the last reference before the next engine starts
             gc.collect()
 
     if stages & {"throughput", "update"}:

@@ -14,6 +14,7 @@ import yaml
 
 from cispo.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state, write_text_atomic
 from cispo.config import TrainConfig, to_dict
+from cispo.console import LOG_LEVELS
 from cispo.data import PromptRow, PromptSampler, encode_prompts, load_data
 from cispo.evaluation.metrics import EvalMetrics
 from cispo.evaluation.runner import evaluate_dataset
@@ -22,12 +23,22 @@ from cispo.placement import bundle, release, reserve
 from cispo.tracking import MetricsLogger
 from cispo.warmstart import warm_start
 from rollout.config import SamplingConfig
+from rollout.process_output import LOG_DIR_ENV
 
 log = logging.getLogger(__name__)
 
 TRAINER_DIR = "trainer"
 STATE_FILE = "trainer_state.json"
 CONFIG_FILE = "config.yaml"
+
+
+def worker_env(cfg: TrainConfig) -> dict[str, str]:
+    """Environment of every Ray worker of the run: our packages importable, and (at the default log
+    level) the workers' output sent to ``<run_dir>/logs/`` instead of the console."""
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path.cwd()), os.environ.get("PYTHONPATH")]))}
+    if cfg.logger.log_level == "warning":
+        env[LOG_DIR_ENV] = str(Path(cfg.run_dir).resolve() / "logs")
+    return env
 
 
 def init_ray(cfg: TrainConfig) -> bool:
@@ -37,14 +48,14 @@ def init_ray(cfg: TrainConfig) -> bool:
     if ray.is_initialized():
         return False
     if cfg.ray.address:
-        ray.init(address=cfg.ray.address, log_to_driver=True)
+        ray.init(address=cfg.ray.address, log_to_driver=True, logging_level=LOG_LEVELS[cfg.logger.log_level],
+                 runtime_env={"env_vars": worker_env(cfg)})
     else:
         # A local cluster stays on the loopback interface: nothing leaves this machine.
         # address="local": always a new local cluster, never one another user left running.
         ray.init(address="local", num_cpus=cfg.ray.num_cpus or os.cpu_count(), include_dashboard=False,
-                 log_to_driver=True, _node_ip_address="127.0.0.1",
-                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path.cwd()),
-                                                                                      os.environ.get("PYTHONPATH")]))}})
+                 log_to_driver=True, _node_ip_address="127.0.0.1", logging_level=LOG_LEVELS[cfg.logger.log_level],
+                 runtime_env={"env_vars": worker_env(cfg)})
     return True
 
 

@@ -98,7 +98,7 @@ def train_on_groups(c: Components, groups: list[Group], timer: PhaseTimer) -> di
         with timer.phase("old_log_probs"):
             batch.old_log_probs = c.trainer.compute_log_probs(batch)
     with timer.phase("update"):
-        metrics = {"actor/" + k.removeprefix("policy/"): v for k, v in c.trainer.update(batch).items()}
+        metrics = c.trainer.update(batch)
     with timer.phase("sync"):
         c.rollout.update_weights(c.trainer.weights_for(c.rollout))  # object store or streamed (rollout.group.weight_sync)
     return metrics | {"advantage/abs_mean": advantages.abs().mean().item(), "actor/update_skipped": 0.0,
@@ -116,10 +116,12 @@ def train(cfg: TrainConfig, on_built: Callable[[Components], None] | None = None
     with c, GracefulStop() as stop:
         if on_built is not None:
             on_built(c)
+        progress = c.logger.start_progress(c.start_step)
         if c.start_step == 0 and cfg.eval.at_start:
             c.logger.log(0, run_eval(c))
         for step in range(c.start_step + 1, cfg.total_steps + 1):
-            timer = PhaseTimer(elapsed=c.elapsed)
+            show_phase = (lambda name, step=step: progress.phase(step, name)) if progress else None
+            timer = PhaseTimer(elapsed=c.elapsed, on_phase=show_phase)
             timer.start_step()
             groups, metrics = collect_groups(c, step, timer)
             if groups:

@@ -74,8 +74,15 @@ class EvalConfig:
 @dataclass
 class LoggerConfig:
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    """``offline`` writes ``<run_dir>/wandb/offline-run-*`` (upload later with ``wandb sync``);
+    ``online`` needs network access and a login; ``disabled`` never imports wandb."""
     project: str = "cispo"
+    """wandb project name."""
     console: bool = True
+    """One line per step and a live progress display (on a terminal)."""
+    log_level: Literal["warning", "info", "debug"] = "warning"
+    """Console threshold for log records, ours and vLLM's / Ray's / DeepSpeed's. At ``warning`` the
+    workers' output goes to ``<run_dir>/logs/`` and INFO lines to ``<run_dir>/train.log`` only."""
 
 
 @dataclass

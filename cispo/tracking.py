@@ -17,7 +17,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from cispo.checkpoint.atomic import write_bytes_atomic
+from cispo.console import TIME_PREFIX, ConsoleColumns, RunProgress, format_step_line
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +36,9 @@ WANDB_MODES = ("offline", "online", "disabled")
 WANDB_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"  # wandb run ids: lowercase alphanumerics
 WANDB_ID_LENGTH = 8
 STEP_KEY = "step"
-TIME_PREFIX = "time/"
 STEP_TIME_KEY = "time/step"
 ELAPSED_KEY = "time/total_elapsed"
 OTHER_PHASE = "other"
-EVAL_ACCURACY_RE = re.compile(r"^eval/(?P<set>[^/]+)/avg@(?P<k>\d+)$")
 
 
 class MetricsFileError(ValueError):
@@ -168,6 +166,8 @@ class PhaseTimer:
 
     elapsed: float = 0.0
     clock: Callable[[], float] = time.perf_counter
+    on_phase: Callable[[str], None] | None = None
+    """Called with the phase's name as it starts (the live progress display shows it)."""
     seconds: dict[str, float] = field(default_factory=dict)
     _step_start: float | None = None
     _active: str | None = None
@@ -188,6 +188,8 @@ class PhaseTimer:
         if self._step_start is None:
             self.start_step()
         self._active = name
+        if self.on_phase is not None:
+            self.on_phase(name)
         start = self.clock()
         try:
             yield
@@ -213,45 +215,6 @@ class PhaseTimer:
 # ---------------------------------------------------------------------------------------------------
 # Console
 # ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ConsoleColumns:
-    """Which metric keys the per-step console line shows (names match cispo/compare.py's table)."""
-
-    reward: str = "reward/mean"
-    accuracy_pattern: str = EVAL_ACCURACY_RE.pattern
-    time_prefix: str = TIME_PREFIX
-    float_format: str = "{:.4g}"
-
-
-def format_console_line(
-    step: int, record: Mapping[str, Any], total_steps: int | None, columns: ConsoleColumns
-) -> str:
-    """`step 3/10 | reward 0.52 | aime24 avg@32 0.31 | time generate 3.1s update 9s step 12.4s`."""
-    from rich.markup import escape
-
-    fmt = columns.float_format
-
-    def show(value: Any) -> str:
-        return fmt.format(value) if isinstance(value, float) else escape(str(value))
-
-    parts = [f"[bold]step {step}" + (f"/{total_steps}" if total_steps else "") + "[/bold]"]
-    if columns.reward in record:
-        parts.append(f"reward {show(record[columns.reward])}")
-    accuracy_re = re.compile(columns.accuracy_pattern)
-    for key, value in record.items():
-        match = accuracy_re.match(key)
-        if match:
-            parts.append(f"{match.group('set')} avg@{match.group('k')} [green]{show(value)}[/green]")
-    times = [
-        f"{key[len(columns.time_prefix):]} {show(value)}s"
-        for key, value in record.items()
-        if key.startswith(columns.time_prefix) and key != ELAPSED_KEY and value is not None
-    ]
-    if times:
-        parts.append("time " + " ".join(times))
-    return " | ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -304,6 +267,8 @@ class MetricsLogger:
         self._last_step = None if self.last_record is None else self.last_record[STEP_KEY]
         self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._console = self._make_console(console)
+        self.progress: RunProgress | None = None
+        """The live display; the loop starts it (:meth:`start_progress`) once the run is built."""
         self._wandb_run = None
         if wandb_mode != "disabled":
             try:
@@ -397,8 +362,16 @@ class MetricsLogger:
         if self._wandb_run is not None:
             self._wandb_run.log({k: v for k, v in flat.items() if v is not None}, step=step)
         if self._console is not None:
-            self._console.print(format_console_line(step, record, self.total_steps, self.columns))
+            self._console.print(format_step_line(step, record, self.total_steps, self.columns), markup=False,
+                                highlight=False, soft_wrap=True)
+        if self.progress is not None:
+            self.progress.step_done(step, record, self.columns)
         return record
+
+    def start_progress(self, start_step: int) -> RunProgress | None:
+        if self._console is not None and self.total_steps:
+            self.progress = RunProgress(self._console, self.total_steps, start_step)
+        return self.progress
 
     def _append_line(self, step: int, data: bytes) -> None:
         """Append one line durably, or not at all: on an OSError (ENOSPC, EIO, EFBIG) the file is cut
@@ -430,6 +403,9 @@ class MetricsLogger:
             self._fd = None
 
     def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+            self.progress = None
         self._close_fd()
         if self._wandb_run is not None:
             self._wandb_run.finish()

@@ -28,6 +28,7 @@ log = logging.getLogger("cispo")
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def _main(raw: DictConfig) -> None:
     from cispo.config import ConfigError, load_config
+    from cispo.console import configure_console_logging
     from cispo.fault_tolerance import train_with_recovery
 
     data = OmegaConf.to_container(raw, resolve=True)
@@ -40,8 +41,9 @@ def _main(raw: DictConfig) -> None:
     except ConfigError as err:
         log.error("invalid configuration: %s", err)
         raise SystemExit(2) from None
+    configure_console_logging(cfg.logger.log_level)
     run_dir = train_with_recovery(cfg)  # worker failures: rebuild and resume; clean exits otherwise
-    log.info("run folder: %s", run_dir)
+    print(f"done: {run_dir} (metrics.jsonl, checkpoints/, train.log)", flush=True)
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from rollout.config import EngineConfig, SamplingConfig
 from rollout.engine import Prompt, RolloutEngine
+from rollout.process_output import redirect_worker_output
 from rollout.types import RolloutResult
 from rollout.weight_sync import PackedWeights, unpack_weights
 
@@ -19,6 +20,7 @@ class RolloutActor:
     """Holds an engine; weights arrive through the Ray object store (PackedWeights or safetensors bytes)."""
 
     def __init__(self, config: EngineConfig) -> None:
+        redirect_worker_output("rollout")
         self.engine = RolloutEngine(config)
 
     def ready(self) -> dict[str, object]:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from rollout.config import EngineConfig, SamplingConfig
+from rollout.logs import quiet_harmless_reload_warning
 from rollout.models import prepare_model
 from rollout.repetition import EXTRA_ARG, repetition_cut
 from rollout.types import RolloutResult
@@ -96,6 +97,8 @@ class RolloutEngine:
             )
         apply_engine_env(self.config)
         from vllm import LLM
+
+        quiet_harmless_reload_warning()
 
         from rollout.repetition_processor import RepetitionStopProcessor
 

@@ -26,7 +26,7 @@ class RecordingTrainer:
 
     def update(self, batch):
         self.batch = batch
-        return {"policy/loss": 0.5}
+        return {"actor/loss": 0.5}
 
     def export_weights_ref(self):
         return ("weights-ref", 123)

@@ -15,7 +15,6 @@ import pytest
 import torch
 from rich.console import Console
 
-from cispo import compare
 from cispo.tracking import (
     DISCARDED_FILENAME,
     ConsoleColumns,
@@ -189,12 +188,29 @@ def test_console_line_shows_step_reward_accuracy_and_phases(tmp_path: Path) -> N
             3,
             {"reward/mean": 0.5, "eval/arith/avg@4": 0.25, "time/generate": 1.5, "time/step": 2.0},
         )
-    assert buffer.getvalue().strip() == (
-        "step 3/10 | reward 0.5 | arith avg@4 0.25 | time generate 1.5s step 2s"
-    )
+    assert buffer.getvalue().strip() == "step 3/10  reward 0.5  arith avg@4 0.25  gen 1.5s  2.0s"
     # The console and the comparison read the same key names.
-    assert ConsoleColumns().reward == compare.REWARD_KEY
-    assert ConsoleColumns().accuracy_pattern == compare.EVAL_ACCURACY_RE.pattern
+    from cispo.report import summary
+
+    assert ConsoleColumns().reward == summary.REWARD_KEY
+    assert ConsoleColumns().accuracy_pattern == summary.EVAL_ACCURACY_RE.pattern
+
+
+def test_step_line_fits_100_columns_with_two_or_three_significant_digits() -> None:
+    from cispo.console import format_step_line, seconds, significant
+
+    record = {"reward/mean": 0.41666666, "eval/aime2024/avg@32": 0.0312499, "eval/aime2025/avg@32": 0.1234567,
+              "time/generate": 15.43, "time/score": 0.004646, "time/old_log_probs": 2.012, "time/update": 9.81,
+              "time/sync": 1.07, "time/eval": 41.2, "time/checkpoint": 8.04, "time/other": 0.002, "time/step": 77.6}
+    line = format_step_line(12, record, 120)
+    assert len(line) <= 100, line
+    assert line.startswith("step 12/120  reward 0.417  aime2024 avg@32 0.0312  aime2025 avg@32 0.123  gen 15s")
+    assert line.endswith("  78s") and "other" not in line
+    # Too narrow: phase times go first, the step, reward and step time stay.
+    narrow = format_step_line(12, record, 120, width=60)
+    assert narrow == "step 12/120  reward 0.417  aime2024 avg@32 0.0312  78s"
+    assert [seconds(x) for x in (0.004646, 0.0812, 4.14, 44.2, 312.4)] == ["0.0046s", "0.081s", "4.1s", "44s", "312s"]
+    assert [significant(x) for x in (0.41666, 1234.5, 0.0, 3e-7)] == ["0.417", "1234", "0", "3e-07"]
 
 
 def test_wandb_disabled_is_never_imported(tmp_path: Path) -> None:

@@ -57,7 +57,9 @@ def final_weights(run_dir: Path) -> dict:
 
 
 def test_quick_run_learns_logs_and_checkpoints(ray_cluster, tmp_path):
-    run_dir = run(tmp_path / "run", "total_steps=3")
+    run_dir = run(tmp_path / "run", "total_steps=3", "logger=offline")
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1 and list(offline[0].glob("*.wandb")), "wandb's offline run (what `wandb sync` uploads)"
     records = read_metrics(run_dir / "metrics.jsonl")
     assert [r["step"] for r in records] == [0, 1, 2, 3]
     assert "eval/heldout/avg@2" in records[0] and "eval/heldout/avg@2" in records[-1]
@@ -153,6 +155,15 @@ def test_sigterm_during_a_step_checkpoints_and_exits(tmp_path):
     last = steps[-1]
     assert 1 <= last < 50
     assert (run_dir / "checkpoints" / f"step_{last:08d}").is_dir()
+    # A calm console: step lines only; vLLM / DeepSpeed / Ray output lives in the run folder.
+    for noise in (" INFO ", "[INFO]", "RotaryEmbedding", "(RolloutActor", "(PolicyActor", "Token authentication"):
+        assert noise not in out, (noise, out[-3000:])
+    step_lines = [line for line in out.splitlines() if line.startswith("step ")]
+    assert step_lines and all(len(line) <= 100 for line in step_lines), step_lines
+    worker_logs = {p.name.split("-")[0] for p in (run_dir / "logs").iterdir()}
+    assert worker_logs == {"rollout", "trainer0"}
+    assert "Reloading weights inplace" in "".join(p.read_text() for p in (run_dir / "logs").glob("rollout-*.log"))
+    assert "checkpoint step" in (run_dir / "train.log").read_text()
 
 
 def test_multirun_sweep_feeds_the_comparison_report(tmp_path):

@@ -55,9 +55,9 @@ def test_two_ranks_equal_one_rank(group, tiny, batch, tmp_path):
     before = single.export_weights()
     metrics, metrics_single = group.update(batch), single.update(batch)
     after, after_single = group.export_weights(), single.export_weights()
-    assert metrics["optimizer_steps"] == 2 and metrics["skipped_steps"] == 0
-    assert metrics["loss"] == pytest.approx(metrics_single["loss"], rel=1e-5)
-    assert metrics["grad_norm"] == pytest.approx(metrics_single["grad_norm"], rel=1e-5)
+    assert metrics["actor/optimizer_steps"] == 2 and metrics["actor/skipped_steps"] == 0
+    assert metrics["actor/loss"] == pytest.approx(metrics_single["actor/loss"], rel=1e-5)
+    assert metrics["actor/grad_norm"] == pytest.approx(metrics_single["actor/grad_norm"], rel=1e-5)
     moved = max(float((after_single[k] - before[k]).abs().max()) for k in before)
     diff = max(float((after[k] - after_single[k]).abs().max()) for k in before)
     assert moved > 1e-3 and diff <= 2e-6, (moved, diff)

@@ -131,8 +131,8 @@ def test_update_equals_bare_torch_loop(tiny, vocab, loss, agg, stage, micro_toke
     metrics = worker.update(batch)
     after = worker.export_weights()
     expected = _bare_update(tiny, batch, cfg)
-    assert metrics["optimizer_steps"] == 2 and metrics["skipped_steps"] == 0
-    assert metrics["lr"] == pytest.approx(cfg.lr * 1.0)  # second warm-up step: 2/2
+    assert metrics["actor/optimizer_steps"] == 2 and metrics["actor/skipped_steps"] == 0
+    assert metrics["actor/lr"] == pytest.approx(cfg.lr * 1.0)  # second warm-up step: 2/2
     assert _max_diff(before, expected) > 1e-3  # the update moved the weights
     assert _max_diff(after, expected) <= 2e-6
 
@@ -146,8 +146,8 @@ def test_bf16_update_runs_and_tracks_fp32(tiny, vocab):
     m_ref, m_low = ref.update(batch), low.update(batch)
     w_ref, w_low = ref.export_weights(), low.export_weights()
     assert all(v.dtype == torch.bfloat16 for v in w_low.values())
-    assert m_low["optimizer_steps"] == 1 and math.isfinite(m_low["loss"])
-    assert m_low["loss"] == pytest.approx(m_ref["loss"], rel=0.05)
+    assert m_low["actor/optimizer_steps"] == 1 and math.isfinite(m_low["actor/loss"])
+    assert m_low["actor/loss"] == pytest.approx(m_ref["actor/loss"], rel=0.05)
     # The bf16 step moves the weights the same way as the fp32 step (up to bf16 rounding).
     delta_ref = torch.cat([(w_ref[k] - start[k]).flatten() for k in start])
     delta_low = torch.cat([(w_low[k].float() - start[k]).flatten() for k in start])
@@ -163,7 +163,7 @@ def test_cispo_raises_positive_and_lowers_negative_advantage_tokens(tiny, vocab)
     before = worker.compute_log_probs(batch)
     metrics = worker.update(batch)
     change = ((worker.compute_log_probs(batch) - before) * batch.response_mask).sum(1)
-    assert metrics["policy/dropped_token_frac"] == 0.0
+    assert metrics["actor/dropped_token_frac"] == 0.0
     assert bool((change[batch.advantages > 0] > 0.05).all()), change
     assert bool((change[batch.advantages < 0] < -0.05).all()), change
 
@@ -178,8 +178,8 @@ def test_non_finite_loss_skips_the_step_and_keeps_state(tiny, vocab, stage, prec
     state, sched = worker.training_state(), worker.scheduler_state()
     huge = replace(batch, advantages=torch.full((4,), 3e38))  # finite input, inf loss
     metrics = worker.update(huge)
-    assert metrics["skipped_steps"] == 1 and metrics["optimizer_steps"] == 0
-    assert metrics["skipped_steps_total"] == 1 and math.isnan(metrics["loss"])
+    assert metrics["actor/skipped_steps"] == 1 and metrics["actor/optimizer_steps"] == 0
+    assert metrics["actor/skipped_steps_total"] == 1 and math.isnan(metrics["actor/loss"])
     after = worker.training_state()
     for name, entry in state.items():
         for key, value in entry.items():
@@ -245,13 +245,13 @@ def test_kl_reference_epochs_and_mismatch_metrics(tiny, vocab):
     noise = 0.01 * torch.randn(initial.shape, generator=torch.Generator().manual_seed(0))
     rollout = (initial + noise) * batch.response_mask
     metrics = worker.update(replace(batch, rollout_log_probs=rollout))
-    assert metrics["optimizer_steps"] == 4 and metrics["global_step"] == 4
-    assert metrics["policy/kl_ref"] > 0
+    assert metrics["actor/optimizer_steps"] == 4 and metrics["actor/global_step"] == 4
+    assert metrics["actor/kl_ref"] > 0
     mask = batch.response_mask.bool()
-    assert metrics["mismatch/logprob_abs_diff_mean"] == pytest.approx(float(noise[mask].abs().mean()), rel=1e-5)
-    assert 0.99 < metrics["mismatch/prob_corr"] <= 1.0
+    assert metrics["actor/mismatch/logprob_abs_diff_mean"] == pytest.approx(float(noise[mask].abs().mean()), rel=1e-5)
+    assert 0.99 < metrics["actor/mismatch/prob_corr"] <= 1.0
     assert torch.equal(worker.compute_ref_log_probs(batch), initial)  # the reference never trains
-    assert metrics["perf/tokens_per_s"] > 0
+    assert metrics["actor/perf/tokens_per_s"] > 0
 
 
 def test_uneven_rank_batch_names_the_keys(tiny, vocab):
@@ -269,4 +269,4 @@ def test_padding_fraction_counts_the_padded_positions(tiny, vocab):
     lengths = batch.attention_mask.sum(1)
     padded = sum(4 * int(lengths[i:i + 4].max()) for i in (0, 4))
     assert int(lengths.min()) < int(lengths.max())  # the batch does have padding
-    assert metrics["perf/padding_frac"] == pytest.approx(1 - int(lengths.sum()) / padded)
+    assert metrics["actor/perf/padding_frac"] == pytest.approx(1 - int(lengths.sum()) / padded)

@@ -53,7 +53,7 @@ def test_exported_weights_give_vllm_the_trainer_log_probs():
 
         # The same agreement, seen through the update's mismatch metrics.
         metrics = worker.update(fresh)
-        assert metrics["mismatch/logprob_abs_diff_max"] <= TOLERANCE
-        assert metrics["mismatch/prob_corr"] > 0.999
+        assert metrics["actor/mismatch/logprob_abs_diff_max"] <= TOLERANCE
+        assert metrics["actor/mismatch/prob_corr"] > 0.999
     finally:
         engine.close()

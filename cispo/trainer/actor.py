@@ -13,12 +13,14 @@ from torch import Tensor
 from cispo.trainer import comm
 from cispo.trainer.batch import TrainBatch
 from cispo.trainer.config import TrainerConfig
+from rollout.process_output import redirect_worker_output
 
 
 class PolicyActor:
     """Plain class; :class:`~cispo.trainer.group.TrainerGroup` wraps it with ``ray.remote``."""
 
     def __init__(self, config: TrainerConfig, model_path: str, rank: int, ref_model_path: str | None = None):
+        redirect_worker_output(f"trainer{rank}")
         self.config = config.validate()
         self.model_path = model_path
         self.ref_model_path = ref_model_path

@@ -9,10 +9,13 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-import torch
 from torch import Tensor
 
 from cispo.trainer import comm
+
+METRIC_PREFIX = "actor/"
+"""Every metric of an update is named ``actor/<name>`` by the worker itself (``actor/loss``,
+``actor/dropped_token_frac``, ``actor/mismatch/...``, ``actor/perf/...``): the names in metrics.jsonl."""
 
 
 class DiagnosticsAccumulator:

@@ -25,7 +25,7 @@ from cispo.trainer import comm
 from cispo.trainer.batch import TrainBatch, group_units, plan_micro_batches, split_plan
 from cispo.trainer.config import TrainerConfig
 from cispo.trainer.logprobs import PolicyModel, use_fp32_head
-from cispo.trainer.metrics import DiagnosticsAccumulator, MismatchAccumulator
+from cispo.trainer.metrics import METRIC_PREFIX, DiagnosticsAccumulator, MismatchAccumulator
 from cispo.trainer.optim import build_optimizer, deepspeed_config
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,8 @@ class PolicyWorker:
 
     # --------------------------------------------------------------- update
     def update(self, batch: TrainBatch) -> dict[str, float]:
-        """``ppo_epochs`` x mini-batches optimizer steps on this rank's rows (collective)."""
+        """``ppo_epochs`` x mini-batches optimizer steps on this rank's rows (collective). Metric names are
+        final (``actor/loss``, ``actor/dropped_token_frac``, ...): the loop logs them as they are."""
         cfg = self.config
         start = time.perf_counter()
         batch.validate()
@@ -222,9 +223,9 @@ class PolicyWorker:
         }
         if cfg.log_entropy and entropy_tokens > 0:
             metrics["entropy"] = entropy_sum / entropy_tokens
-        metrics.update(diagnostics.result(prefix="policy/"))
+        metrics.update(diagnostics.result(prefix=""))
         metrics.update(mismatch.result())
-        return metrics
+        return {f"{METRIC_PREFIX}{key}": value for key, value in metrics.items()}
 
     def _train_step(self, mini: TrainBatch, token_budget: float, diagnostics: DiagnosticsAccumulator,
                     mismatch: MismatchAccumulator | None) -> _StepResult | None:
