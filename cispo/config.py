@@ -10,7 +10,6 @@ from typing import Any
 
 from cispo.data import DataConfig
 from cispo.fault_tolerance import FaultToleranceConfig
-from cispo.fault_tolerance import FaultToleranceConfig
 from cispo.run_config import (
     AlgorithmConfig,
     CheckpointConfig,
@@ -66,7 +65,6 @@ class TrainConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     fault_tolerance: FaultToleranceConfig = field(default_factory=FaultToleranceConfig)
-    fault_tolerance: FaultToleranceConfig = field(default_factory=FaultToleranceConfig)
 
     @property
     def batch_size(self) -> int:
@@ -101,6 +99,10 @@ def load_config(data: Mapping[str, Any]) -> TrainConfig:
             obj.validate()
         except ValueError as err:
             raise ConfigError(f"{section}: {err}") from err
+    if cfg.algorithm.name != cfg.trainer.loss:
+        raise ConfigError(f"trainer.loss={cfg.trainer.loss!r} but algorithm.name={cfg.algorithm.name!r}: a run is "
+                          f"labelled by the loss it trains with; select the preset (algorithm={cfg.trainer.loss}) or "
+                          f"set algorithm.name={cfg.trainer.loss}")
     if cfg.algorithm.old_log_probs == "rollout" and cfg.rollout.engine.logprobs_mode != "raw_logprobs":
         raise ConfigError("algorithm.old_log_probs=rollout needs rollout.engine.logprobs_mode=raw_logprobs (the "
                           f"policy's own log-probs), got {cfg.rollout.engine.logprobs_mode!r}")

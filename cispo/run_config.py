@@ -30,7 +30,9 @@ class ModelConfig:
 class AlgorithmConfig:
     """What distinguishes CISPO / DAPO / GRPO outside the loss (the loss knobs live in ``trainer``)."""
 
-    name: Literal["cispo", "dapo", "grpo"] = "cispo"
+    name: str = "cispo"
+    """The run's label in names and reports (``cispo``, ``dapo``, ``grpo``, ``gspo``): it must equal
+    ``trainer.loss``, so a run is always labelled by the loss it trains with."""
     advantage: str = "grpo"
     """Advantage estimator: grpo (group mean/std), dr_grpo (mean only), rloo."""
     advantage_eps: float = 1e-6

@@ -158,3 +158,34 @@ def test_the_evaluate_config_composes_from_the_same_defaults(eval_group):
     expected_k = 32 if eval_group == "aime" else 4
     assert (ev.k, ev.temperature) == (expected_k, 1.0)
     assert engine.omp_threads_bind == "all" and sampling.max_tokens == 256
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["++algorithm.advantage_options={bogus: 1}"],
+     "algorithm.advantage_options: unknown option(s) ['bogus']; allowed: batch_std, norm_by_std, std_unbiased"),
+    (["++algorithm.advantage_options={batch_std: 2}"], "algorithm.advantage_options.batch_std=2: expected true or false"),
+    (["algorithm.advantage=dr_grpo", "++algorithm.advantage_options={batch_std: true}"],
+     "algorithm.advantage_options: unknown option(s) ['batch_std']; allowed: none"),
+    (["algorithm=dapo", "++trainer.loss_options={dual_clip: 0.5}"],
+     "trainer.loss_options.dual_clip=0.5: expected null or a number > 1"),
+    (["++trainer.loss_options={unified_mask: true}"], "trainer.loss_options.unified_mask=True needs mask_eps_low"),
+    (["trainer.loss=gspo"], "trainer.loss='gspo' but algorithm.name='cispo'"),
+    (["trainer.kl_clamp=0"], "trainer.kl_clamp=0.0: expected null or a number > 0"),
+    (["trainer.mini_batch_size=5"], "trainer.mini_batch_size=5: expected a divisor of trainer.batch_size=16"),
+    (["algorithm.old_log_probs=rollout", "rollout.engine.logprobs_mode=processed_logprobs"],
+     "algorithm.old_log_probs=rollout needs rollout.engine.logprobs_mode=raw_logprobs"),
+    (["eval.sets=[aime2024]"], "eval.sets=['aime2024']: ['aime2024'] not defined in data.eval"),
+])
+def test_a_bad_value_stops_the_run_at_load_with_the_key_and_what_is_allowed(overrides, message):
+    from cispo.config import ConfigError
+
+    raw = OmegaConf.to_container(OmegaConf.create(compose_raw(["experiment=quick", *overrides])), resolve=True)
+    with pytest.raises(ConfigError) as err:
+        load_config(raw)
+    assert message in str(err.value)
+
+
+def test_a_run_may_train_with_any_registered_loss_when_labelled_by_it():
+    raw = OmegaConf.to_container(OmegaConf.create(compose_raw(["experiment=quick", "trainer.loss=gspo",
+                                                               "algorithm.name=gspo"])), resolve=True)
+    assert load_config(raw).trainer.loss == "gspo"
