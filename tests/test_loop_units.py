@@ -34,13 +34,28 @@ class RecordingTrainer:
     def weights_for(self, rollout):
         return self.export_weights_ref()  # the object-store channel, as TrainerGroup.weights_for picks it
 
+    def save(self, directory):
+        raise AssertionError("train_on_groups never saves")
+
+    def load(self, directory):
+        raise AssertionError("train_on_groups never loads")
+
+    def shutdown(self):
+        pass
+
 
 class RecordingRollout:
     def __init__(self) -> None:
         self.pushed = []
 
+    def generate(self, prompts, sampling):
+        raise AssertionError("train_on_groups never generates")
+
     def update_weights(self, weights):
         self.pushed.append(weights)
+
+    def shutdown(self):
+        pass
 
 
 def components(old_log_probs: str) -> SimpleNamespace:

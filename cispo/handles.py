@@ -1,0 +1,46 @@
+"""What the loop needs from the rollout and trainer worker groups, as typed Protocols.
+
+``rollout.group.RolloutGroup`` and ``cispo.trainer.group.TrainerGroup`` are the real implementations;
+unit tests of the loop's glue pass stand-ins, and ``tests/test_handles.py`` checks that both the real
+groups and the stand-ins have these methods with compatible signatures, so a fake cannot drift from
+what it stands for.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from torch import Tensor
+
+from cispo.trainer.batch import TrainBatch
+from rollout.config import SamplingConfig
+from rollout.types import RolloutResult
+
+
+class RolloutHandle(Protocol):
+    def generate(self, prompts: Sequence[Any], sampling: SamplingConfig) -> list[RolloutResult]:
+        """G samples per prompt with their token ids, log-probs and finish reasons."""
+
+    def update_weights(self, weights: Any) -> Any:
+        """Load new policy weights into every engine (what :meth:`TrainerHandle.weights_for` returns)."""
+
+    def shutdown(self) -> None: ...
+
+
+class TrainerHandle(Protocol):
+    def compute_log_probs(self, batch: TrainBatch) -> Tensor:
+        """log pi of the batch's response tokens under the current policy (pi_old before an update)."""
+
+    def update(self, batch: TrainBatch) -> dict[str, float]:
+        """The optimizer steps of one rollout batch; metric names are final (``actor/...``)."""
+
+    def weights_for(self, rollout: Any) -> Any:
+        """The new weights in the form the rollout group's weight channel takes."""
+
+    def save(self, directory: str | os.PathLike) -> None: ...
+
+    def load(self, directory: str | os.PathLike) -> None: ...
+
+    def shutdown(self) -> None: ...
