@@ -8,9 +8,11 @@ this machine; both channels alternate on the same actors, ``--reps`` times (medi
 - collective (``weight_sync=collective``): ranks gather one module at a time, rank 0 broadcasts
   ``--bucket-mb`` buckets over a gloo group to the engine, which loads them as they arrive.
 
-Peak extra memory: before each sync the kernel's peak-RSS counter of every process is reset
-(``/proc/<pid>/clear_refs``); afterwards ``VmHWM - VmRSS_before`` is the most memory the sync added
-to that process (object-store pages the engine maps count in its RSS).
+Peak extra memory: before each sync every process returns its freed heap to the OS (``malloc_trim``)
+and the kernel's peak-RSS counter is reset (``/proc/<pid>/clear_refs``); afterwards
+``VmHWM - VmRSS_before`` is the most memory the sync added to that process. The object-store channel
+also holds one full copy in Ray's shared-memory object store (a column of its own: the pages the
+engine maps were already resident from the previous sync, so its RSS does not show them).
 
 Models: ``tiny``, ``smollm2-135m`` and ``synthetic-<N>m``: a random Llama-style model of about N
 million parameters built from a config (SmolLM2's tokenizer), e.g. ``synthetic-500m``.
@@ -81,6 +83,17 @@ def _reset_peak(pid: int) -> None:
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
 
 
+def _trim(_actor: object = None) -> None:
+    """Give freed heap memory back to the OS, so that the RSS before a sync is live memory only
+    (glibc keeps freed arenas: without this, a sync that reuses the previous sync's freed memory
+    shows no peak at all)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def measure(name: str, reps: int, bucket_mb: float) -> dict[str, dict[str, list[float]]]:
     import ray
 
@@ -107,6 +120,8 @@ def measure(name: str, reps: int, bucket_mb: float) -> dict[str, dict[str, list[
         for rep in range(reps + 1):  # rep 0 warms both paths up (first loads allocate)
             for channel in CHANNELS:
                 rollout.config.weight_sync = channel
+                ray.get([a.__ray_call__.remote(_trim) for a in [*trainer.actors, *rollout.actors]])
+                _trim()
                 before = {k: _status(p, "VmRSS") for k, p in pids.items()}
                 for p in pids.values():
                     _reset_peak(p)
@@ -147,14 +162,15 @@ def main() -> int:
              "most memory the sync added to the process (VmHWM after the sync minus VmRSS before it, the "
              "peak counter reset first).", "",
              "| model | MiB sent | channel | buckets | sync (s) | peak trainer rank 0 (MiB) | peak rank 1 (MiB) "
-             f"| peak engine (MiB) | share of a {args.step_seconds:.0f} s step |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"| peak engine (MiB) | object store copy (MiB) | share of a {args.step_seconds:.0f} s step |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name in args.models:
         res = measure(name, args.reps, args.bucket_mb)
         for channel in CHANNELS:
             r = {k: statistics.median(v) for k, v in res[channel].items()}
             lines.append(f"| {name} | {r['MiB']:.1f} | {channel} | {r['buckets']:.0f} | {r['seconds']:.2f} | "
                          f"{r['peak trainer rank 0']:.0f} | {r['peak trainer rank 1']:.0f} | {r['peak engine']:.0f} | "
+                         f"{r['MiB'] if channel == 'object_store' else 0:.0f} | "
                          f"{100 * r['seconds'] / args.step_seconds:.1f}% |")
             print(lines[-1], flush=True)
     lines.append(f"\nLoad average at the end: {os.getloadavg()[0]:.1f}.")
