@@ -36,7 +36,9 @@ HEADER = [
     "Responses scored per second on one core, in process (as a pool worker scores them), median "
     "of the repeats; workload and command in `benchmarks/bench_rewards_math.py`. `table`, `grader` "
     "and `strict` are how many verdicts agree with the labels of each workload part; `raised`: responses "
-    "for which `score` raised an exception.",
+    "for which `score` raised an exception. Three table rows are labelled wrong since the strict "
+    "grader (`8,09` and `8\\,09` for 809, a box and an `Answer:` line that disagree): the earlier "
+    "grader's 186/189 are those three.",
     "",
     "| label | responses | repeats | responses/s | table | grader core | strict cases | raised | load avg |",
     "|---|---|---|---|---|---|---|---|---|",
