@@ -286,9 +286,9 @@ def train_with_recovery(cfg: "TrainConfig", train_fn: Callable[..., Path] | None
                 _append_event(run_dir, event | {"action": "restart"})
                 log.warning("restart %d/%d: %s; rebuilding the workers and resuming from checkpoint %s",
                             restarts, ft.max_restarts, failure.describe(), latest)
-                # A fresh run (resume=none) that already saved a checkpoint resumes from it; one that
-                # had not yet saved starts fresh again, as it did the first time.
-                if latest != saved_at_start or cfg.checkpoint.resume.strip().lower() != "none":
+                # Once this run has saved a checkpoint, resume from its newest; before that, start
+                # the way the first attempt did (fresh for resume=none, the same given checkpoint).
+                if latest != saved_at_start:
                     attempt_cfg = dataclasses.replace(cfg, checkpoint=dataclasses.replace(cfg.checkpoint,
                                                                                           resume="auto"))
     finally:
