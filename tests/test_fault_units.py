@@ -316,3 +316,59 @@ def test_fault_tolerance_config_names_bad_fields() -> None:
     with pytest.raises(ValueError, match="fault_tolerance.call_timeout_s"):
         FaultToleranceConfig(call_timeout_s=0)
     assert FaultToleranceConfig().max_restarts > 0
+
+
+# --------------------------------------------------------------------------------------------------
+# The recovery loop's decisions (a stand-in for the training loop: pure control flow)
+# --------------------------------------------------------------------------------------------------
+
+
+def _cfg(tmp_path: Path, **ft: object):  # noqa: ANN202 - a TrainConfig
+    from cispo.config import TrainConfig
+
+    cfg = TrainConfig()
+    cfg.run_dir = str(tmp_path / "run")
+    cfg.checkpoint.resume = "none"
+    cfg.fault_tolerance = FaultToleranceConfig(**ft)
+    return cfg
+
+
+def test_recovery_restarts_resumes_from_the_newest_checkpoint_and_gives_up_with_a_code(tmp_path: Path) -> None:
+    import ray.exceptions as rx
+
+    from cispo.fault_tolerance import EXIT_WORKER_FAILURE, RunStopped, iter_events, train_with_recovery
+
+    cfg = _cfg(tmp_path, max_restarts=2)
+    seen: list[str] = []
+
+    def flaky(attempt_cfg, on_built):  # noqa: ANN001, ANN202 - the loop's signature
+        seen.append(attempt_cfg.checkpoint.resume)
+        assert (Path(cfg.run_dir) / OWNER_NAME).is_file()  # the run lock is held throughout
+        if len(seen) == 1:
+            raise rx.ActorDiedError()  # before any checkpoint: start fresh again
+        if len(seen) == 2:
+            _save(CheckpointManager(cfg.run_dir, keep_last=2), 1)
+            raise rx.GetTimeoutError("Get timed out")
+        return Path(attempt_cfg.run_dir)
+
+    assert train_with_recovery(cfg, train_fn=flaky) == Path(cfg.run_dir)
+    assert seen == ["none", "none", "auto"]
+    events = list(iter_events(cfg.run_dir))
+    assert [(e["kind"], e["action"], e["resume_from"]) for e in events] == [
+        ("died", "restart", "none (a relaunch starts fresh)"), ("hang", "restart", "step_00000001")]
+    assert not (Path(cfg.run_dir) / OWNER_NAME).exists()  # released
+
+    def always_dies(attempt_cfg, on_built):  # noqa: ANN001, ANN202
+        raise rx.ActorDiedError()
+
+    with pytest.raises(RunStopped) as stopped:
+        train_with_recovery(_cfg(tmp_path / "b", max_restarts=1), train_fn=always_dies)
+    assert stopped.value.code == EXIT_WORKER_FAILURE
+    assert [e["action"] for e in iter_events(tmp_path / "b" / "run")] == ["restart", "stop"]
+
+    def bug(attempt_cfg, on_built):  # noqa: ANN001, ANN202
+        raise ValueError("a bug is not retried")
+
+    with pytest.raises(ValueError, match="not retried"):
+        train_with_recovery(_cfg(tmp_path / "c"), train_fn=bug)
+    assert list(iter_events(tmp_path / "c" / "run")) == []
