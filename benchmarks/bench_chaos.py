@@ -10,7 +10,7 @@ generation, the update, the weight sync, evaluation or a checkpoint write of ste
   for a few seconds), then relaunch on the same run folder at once, as a supervisor would. The
   relaunch must wait for or kill the orphans and resume.
 
-Every run uses a snapshot of the committed tree (``git archive HEAD``), so edits in the working tree
+Every run uses a snapshot of the working tree taken at the start, so edits in the (shared) checkout
 during the benchmark cannot make the reference and the trials differ.
 
 A trial passes when metrics.jsonl equals the reference run's line for line (timings and ``fault/``
@@ -46,10 +46,15 @@ QUICK = ("experiment=quick", "logger=disabled", f"total_steps={TOTAL_STEPS}", "c
 
 
 def snapshot(dest: Path) -> Path:
-    """The committed tree (HEAD) extracted into `dest`: what every run of the benchmark executes."""
+    """The working tree as it is now (tracked and untracked, not ignored files) copied into `dest`:
+    what every run of the benchmark executes, whatever is edited in the checkout meanwhile."""
     dest.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD"], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           check=True, capture_output=True).stdout
+    present = b"\0".join(f for f in files.split(b"\0") if f and (ROOT / f.decode()).is_file())
+    subprocess.run(["tar", "-c", "-C", str(ROOT), "--null", "-T", "-", "-f", str(dest / ".src.tar")],
+                   input=present, check=True)
+    subprocess.run(["tar", "-x", "-C", str(dest), "-f", str(dest / ".src.tar")], check=True)
     return dest
 
 
@@ -257,7 +262,7 @@ def write_report(trials: list[Trial], reference_s: float, args: argparse.Namespa
         f"`flock /tmp/cispo-heavy.lock .venv/bin/python benchmarks/bench_chaos.py --trials {args.trials} "
         f"--seed {args.seed} --window {args.window:g}`: the quick preset ({' '.join(QUICK[2:])}), a random "
         f"kill -9 0-{args.window:g} s after a random step k < {TOTAL_STEPS} is logged; code: a snapshot of the "
-        f"committed tree. Reference run: {reference_s:.0f} s.",
+        f"working tree. Reference run: {reference_s:.0f} s.",
         "",
         f"**{identical}/{len(injected)} identical, {orphans} orphans.**"
         + (f" ({missed} more trial(s) drew a moment after the run had ended: not counted.)" if missed else ""),
