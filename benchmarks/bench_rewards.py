@@ -31,7 +31,7 @@ from rewards import RewardConfig, score_batch  # noqa: E402
 from rewards import code_data  # noqa: E402
 from rewards.batch import default_workers  # noqa: E402
 
-DATA = Path(os.environ.get("CISPO_SHARED_DATA", ROOT.parent / "shared" / "data"))
+DATA = Path(os.environ.get("CISPO_DATA", ROOT / "data"))
 CASES = ROOT / "tests" / "data" / "math_reward_cases.jsonl"
 RESULTS = ROOT / "benchmarks" / "results" / "rewards.md"
 CHUNK = 64

@@ -1,4 +1,4 @@
-"""Sandbox harness: runs one untrusted program against its tests. Standard library only.
+"""Sandbox harness: runs one untrusted program for its tests. Standard library only.
 
 Started by `rewards.sandbox` as `python -I -S -B _harness.py`, normally as PID 1 of fresh
 mount/net/pid/ipc/uts namespaces (root there, before it drops privileges). Never imported by
@@ -6,17 +6,23 @@ the package itself.
 
 Protocol. stdin: an 8-byte big-endian length, a JSON payload, then a nonce that this process
 reads only after every test has run (so no forked test process ever holds it). stdout: one JSON
-line that echoes the nonce. Tests never see stdout: each runs in a forked child whose fds 0-2
-are pipes to this process and whose only other fd is a report pipe.
+line that echoes the nonce. A control socket (SOCK_SEQPACKET, fd named in the payload) carries
+the judge's `start` / `stop` / `finish` and this process's `ready` / `started` / `ended` events.
 
-Trust boundary: this process (the supervisor) runs no untrusted code. A child execs the
-program, then the tests, and reports `<token> OK` on its report pipe only if the tests
-returned; the supervisor also requires the child to exit with nothing of its user left running.
+Trust boundary. The tests never run here: for `calls` tests (asserts, check) a forked child
+runs the setup and the program, then answers calls (`lookup`, `call`, `getattr`) on a fresh
+socket whose other end goes to the trusted judge with the `started` event; values cross as the
+strict encoding of `_wire.py`. This process (the supervisor) runs no untrusted code: it starts
+each child, bounds it (time, output, memory, processes) and kills every process of the sandbox
+after each test. For `io` tests the child runs the program on stdin and the caller compares the
+captured stdout. When the caller made a cgroup for this run, this process joins it before
+anything else, so the kernel bounds memory (shm and tmpfs pages included) and processes, and
+membership finds every process, a zombie leader's live threads included.
 """
 
-import ast
 import builtins
 import ctypes
+import importlib.util
 import errno
 import json
 import math
@@ -25,6 +31,7 @@ import re
 import resource
 import select
 import signal
+import socket
 import sys
 import time
 
@@ -55,7 +62,22 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 _CONTROL = {ord("\t"): " ", ord("\n"): " ", ord("\r"): " "}
-_ENTRY = re.compile(r"([A-Za-z_]\w*)(?:\(\))?\.([A-Za-z_]\w*)")
+FRAME_HEADER = 8
+CTL_MAX = 1 << 16
+ATTR_NAME = re.compile(r"[A-Za-z_]\w*")
+# IPC-namespace sysctls set from the payload's limits (namespace mode: they bind only this sandbox)
+IPC_SYSCTLS = ("shmmax", "shmall", "shmmni", "msgmnb", "msgmni")
+
+
+def _load_wire():
+    """The value encoding shared with the judge, loaded from beside this file (before any chroot)."""
+    spec = importlib.util.spec_from_file_location("_wire", os.path.join(os.path.dirname(os.path.abspath(__file__)), "_wire.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+wire = _load_wire()
 
 
 def _b(s):
@@ -109,7 +131,7 @@ def _bind_ro(src, dst, *, is_file=False, nodev=True):
     mount(None, dst, None, flags)
 
 
-def build_root(root, uid, disk_mb, extra_paths):
+def build_root(root, uid, disk_mb, inodes, extra_paths):
     """Make `root` a minimal read-only tree (system dirs, the interpreter, /dev, /proc, /work) and enter it."""
     mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, ROOT_TMPFS_OPTIONS)
     bound = []
@@ -143,17 +165,93 @@ def build_root(root, uid, disk_mb, extra_paths):
     os.makedirs(root + WORK_DIR)
     owner = 0 if uid is None else uid
     mount("tmpfs", root + WORK_DIR, "tmpfs", MS_NOSUID | MS_NODEV,
-          f"size={disk_mb}m,mode=700,uid={owner},gid={owner}")
+          f"size={disk_mb}m,nr_inodes={inodes},mode=700,uid={owner},gid={owner}")
     mount(None, root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, ROOT_TMPFS_OPTIONS)
     os.chroot(root)
     os.chdir(WORK_DIR)
 
 
+class Cgroup:
+    """The run's cgroup (made by the caller), reached through directory fds that survive the chroot."""
+
+    def __init__(self, spec):
+        self.version = spec["version"]
+        self.oom_exempt = False
+        self.fds = []
+        self.memory_fd = None
+        for path in spec["dirs"]:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+            self.fds.append(fd)
+            if path == spec.get("memory"):
+                self.memory_fd = fd
+        for fd in self.fds:  # join: everything forked from here on is bounded and found by the kernel
+            self._write(fd, "cgroup.procs", "0")
+
+    @staticmethod
+    def _write(dir_fd, name, text):
+        fd = os.open(name, os.O_WRONLY, dir_fd=dir_fd)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _read(dir_fd, name):
+        fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
+        try:
+            chunks = []
+            while True:
+                data = os.read(fd, 1 << 16)
+                if not data:
+                    return b"".join(chunks).decode("ascii", "replace")
+                chunks.append(data)
+        finally:
+            os.close(fd)
+
+    def tasks(self):
+        """Every live thread in the cgroup (ids as this pid namespace sees them)."""
+        name = "tasks" if self.version == 1 else "cgroup.threads"
+        found = set()
+        for line in self._read(self.fds[0], name).split():
+            if line.isdigit() and int(line) > 0:
+                found.add(int(line))
+        return found
+
+    def oom_kills(self):
+        """How many processes the kernel has OOM-killed in this cgroup so far."""
+        if self.memory_fd is None:
+            return 0
+        name = "memory.oom_control" if self.version == 1 else "memory.events"
+        try:
+            for line in self._read(self.memory_fd, name).splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+        except (OSError, ValueError):
+            pass
+        return 0
+
+
+def _write_file(path, text):
+    with open(path, "w") as fh:
+        fh.write(text)
+
+
 def isolate(p):
-    """Enter the sandbox: minimal root (namespace mode) or the work dir, then drop privileges."""
+    """Enter the sandbox: cgroup, IPC limits, minimal root (namespace mode) or the work dir, then drop privileges."""
     uid = p["uid"]
+    limits = p["limits"]
+    cgroup = Cgroup(p["cgroup"]) if p.get("cgroup") else None
+    if cgroup is not None:
+        try:  # an OOM kill in the cgroup should take a test process, not this one (needs CAP_SYS_RESOURCE)
+            _write_file("/proc/self/oom_score_adj", "-1000")
+            cgroup.oom_exempt = True
+        except OSError:
+            pass  # then the caller reads the cgroup's OOM count if this process is the one killed
     if p["mode"] == "ns":
-        build_root(p["root"], uid, p["limits"]["disk_mb"], list(sys.path) + list(p["site_paths"]))
+        for name in IPC_SYSCTLS:  # a fresh IPC namespace: these bind only this sandbox
+            _write_file(f"/proc/sys/kernel/{name}", str(limits["ipc"][name]))
+        build_root(p["root"], uid, limits["disk_mb"], limits["inodes"], list(sys.path) + list(p["site_paths"]))
     else:
         os.chdir(p["root"])
         if uid is not None:
@@ -170,6 +268,7 @@ def isolate(p):
     prctl(PR_SET_DUMPABLE, 0)
     if os.getpid() != 1:
         prctl(PR_SET_CHILD_SUBREAPER, 1)
+    return cgroup
 
 
 # ----------------------------------------------------------------------------- one test
@@ -193,35 +292,59 @@ def cpu_limit_s(limits):
     return int(math.ceil(limits["test_timeout"])) + 1
 
 
-def child_main(job, fds, token, limits, nproc):
-    """Runs in the forked test process: never returns."""
-    _write, _exit, _isinstance = os.write, os._exit, isinstance
-    _MemoryError, _OSError, _AssertionError, _SystemExit = MemoryError, OSError, AssertionError, SystemExit
-    _BaseException, _str, _type = BaseException, str, type
+def _child_setup(fds, limits, nproc, site_paths, cgroup):
+    """Common start of a test process: own group, fds, rlimits (never returns on failure)."""
+    os.setpgid(0, 0)
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGALRM):
+        signal.signal(sig, signal.SIG_DFL)
+    if cgroup is not None and cgroup.oom_exempt:
+        # The supervisor is exempt from the cgroup's OOM killer; a test process must not be. Writing
+        # our own oom_score_adj needs us dumpable for a moment (no program code has run yet).
+        try:
+            prctl(PR_SET_DUMPABLE, 1)
+            _write_file("/proc/self/oom_score_adj", "0")
+        except OSError:
+            pass
+        finally:
+            prctl(PR_SET_DUMPABLE, 0)
+    os.dup2(fds["stdin"], 0)
+    os.dup2(fds["out"], 1)
+    os.dup2(fds["err"], 2)
+    rep = limits["nofile"] - 1
+    os.dup2(fds["rep"], rep)
+    os.closerange(3, rep)
+    os.closerange(rep + 1, 1 << 16)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_AS, (limits["memory"], limits["memory"]))
+    cpu = cpu_limit_s(limits)
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits["fsize"], limits["fsize"]))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limits["nofile"], limits["nofile"]))
+    sys.path[:] = [p for p in sys.path if p] + list(site_paths)
+    sys.argv[:] = ["solution.py"]
+    return rep
+
+
+def _failure_kind(e):
+    if isinstance(e, MemoryError):
+        return "memory"
+    if isinstance(e, OSError) and e.errno == errno.EFBIG:
+        return "file_size"
+    if isinstance(e, AssertionError):
+        return "assert"
+    return "error"
+
+
+def child_io_main(job, fds, token, limits, nproc, cgroup):
+    """Forked test process of an `io` (or probe) test: runs the program as __main__. Never returns."""
     try:
-        os.setpgid(0, 0)
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGALRM):
-            signal.signal(sig, signal.SIG_DFL)
-        os.dup2(fds["stdin"], 0)
-        os.dup2(fds["out"], 1)
-        os.dup2(fds["err"], 2)
-        rep = limits["nofile"] - 1
-        os.dup2(fds["rep"], rep)
-        os.closerange(3, rep)
-        os.closerange(rep + 1, 1 << 16)
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_AS, (limits["memory"], limits["memory"]))
-        cpu = cpu_limit_s(limits)
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limits["fsize"], limits["fsize"]))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (limits["nofile"], limits["nofile"]))
-        sys.path[:] = [p for p in sys.path if p] + list(job["site_paths"])
-        sys.argv[:] = ["solution.py"]
+        rep = _child_setup(fds, limits, nproc, job["site_paths"], cgroup)
     except BaseException as e:  # noqa: BLE001 - setup failed: report, never run the program
-        _write(2, f"sandbox setup failed: {e!r}\n".encode())
-        _exit(96)
+        os.write(2, f"sandbox setup failed: {e!r}\n".encode())
+        os._exit(96)
+    _write, _exit, _str, _BaseException = os.write, os._exit, str, BaseException
 
     def report(verdict, kind="", name="", msg=""):
         parts = [_str.__str__(x)[:DETAIL_CAP] for x in (token, verdict, kind, name, msg)]
@@ -231,83 +354,201 @@ def child_main(job, fds, token, limits, nproc):
         except _BaseException:
             pass
 
-    def flush():
-        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-            try:
-                stream.flush()
-            except _BaseException:
-                pass
-
-    saved_builtins = dict(builtins.__dict__)
-
-    def restore_builtins():
-        builtins.__dict__.clear()
-        builtins.__dict__.update(saved_builtins)
-
-    form = job["form"]
-    ns = {"__name__": "__main__" if form == "io" else "solution", "__builtins__": builtins}
+    ns = {"__name__": "__main__", "__builtins__": builtins}
     try:
         if job["setup_code"] is not None:
             exec(job["setup_code"], ns)
         exec(job["program_code"], ns)
-        if form == "asserts":
-            restore_builtins()
-            exec(job["test_code"], ns)
-        elif form == "check":
-            restore_builtins()
-            exec(job["test_code"], ns)
-            if not job["self_invoking"]:
-                ns["check"](resolve_entry_point(ns, job["entry_point"]))
-        elif form == "probe":
-            import fractions, decimal, socket  # noqa: F401,E401 - the interpreter's files must be reachable
+        if job["form"] == "probe":
+            import fractions, decimal, socket as _socket  # noqa: F401,E401 - the interpreter's files must be reachable
             with open("probe.txt", "w") as fh:
                 fh.write("ok")
     except _BaseException as e:  # noqa: BLE001 - every way out of the program is a verdict
-        if form == "io" and _isinstance(e, _SystemExit) and e.code in (None, 0):
-            pass
-        else:
+        if not (isinstance(e, SystemExit) and e.code in (None, 0)):
             try:
-                name, msg = _type(e).__name__, _str(e)
+                name, msg = type(e).__name__, _str(e)
             except _BaseException:
                 name, msg = "exception", ""
-            if _isinstance(e, _MemoryError):
-                kind = "memory"
-            elif _isinstance(e, _OSError) and e.errno == errno.EFBIG:
-                kind = "file_size"
-            elif _isinstance(e, _AssertionError):
-                kind = "assert"
-            else:
-                kind = "error"
-            flush()
-            report("FAIL", kind, name, msg)
+            _flush()
+            report("FAIL", _failure_kind(e), name, msg)
             _exit(1)
-    flush()
+    _flush()
     report("OK")
     _exit(0)
 
 
-def resolve_entry_point(ns, entry_point):
-    """The candidate handed to check(): a function, or a bound method of a fresh `Solution()`."""
-    if not entry_point:
-        raise NameError("no entry point given for check(candidate)")
-    m = _ENTRY.fullmatch(entry_point)
-    if m:
-        return getattr(ns[m.group(1)](), m.group(2))
-    if entry_point in ns:
-        return ns[entry_point]
-    solution = ns.get("Solution")
-    if isinstance(solution, type) and hasattr(solution, entry_point):
-        return getattr(solution(), entry_point)
-    raise NameError(f"entry point {entry_point!r} is not defined")
+def _flush():
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            stream.flush()
+        except BaseException:  # noqa: BLE001
+            pass
+
+
+# ----------------------------------------------------------------------------- calls: the program side
+
+
+def send_frame(fd, message):
+    data = wire.dumps(message)
+    write_all(fd, len(data).to_bytes(FRAME_HEADER, "big") + data)
+
+
+def recv_frame(fd):
+    size = int.from_bytes(read_exact(fd, FRAME_HEADER), "big")
+    return wire.loads(read_exact(fd, size))
+
+
+class _FallbackListNode:
+    def __init__(self, val=0, next=None):
+        self.val, self.next = val, next
+
+
+class _FallbackTreeNode:
+    def __init__(self, val=0, left=None, right=None):
+        self.val, self.left, self.right = val, left, right
+
+
+class Server:
+    """Answers the judge's calls from the program's namespace. Runs beside the program: what it
+    sends is untrusted, which is why the judge decodes it strictly and compares on its own side."""
+
+    FALLBACK = {"ListNode": _FallbackListNode, "TreeNode": _FallbackTreeNode}
+
+    def __init__(self, ns):
+        self.ns = ns
+        self.handles = []
+
+    def _classes(self):
+        out = {}
+        for name, fallback in self.FALLBACK.items():
+            cls = self.ns.get(name)
+            out[name] = cls if isinstance(cls, type) else fallback
+        return out
+
+    def _handle(self, obj):
+        self.handles.append(obj)
+        return len(self.handles) - 1
+
+    def _describe(self, obj):
+        if isinstance(obj, type):
+            return {"kind": "class", "h": self._handle(obj)}
+        if callable(obj):
+            return {"kind": "callable", "h": self._handle(obj)}
+        enc = wire.Encoder()
+        try:
+            value = enc.value(obj)
+        except (wire.WireError, RecursionError):
+            return {"kind": "object", "h": self._handle(obj)}
+        return {"kind": "value", "v": value, "nodes": enc.table}
+
+    def _target(self, msg):
+        h = msg.get("h")
+        if type(h) is not int or not 0 <= h < len(self.handles):
+            raise LookupError("unknown handle")
+        return self.handles[h]
+
+    def dispatch(self, msg):
+        op = msg.get("op")
+        if op == "lookup":
+            name = msg.get("name")
+            if name not in self.ns:
+                return {"kind": "missing"}
+            return self._describe(self.ns[name])
+        if op == "getattr":
+            name = msg.get("name")
+            if not isinstance(name, str) or not ATTR_NAME.fullmatch(name):
+                raise AttributeError(f"bad attribute name {name!r}")
+            return self._describe(getattr(self._target(msg), name))
+        if op == "call":
+            target = self._target(msg)
+            dec = wire.Decoder(self._classes(), msg.get("nodes", []))
+            args = dec.value(msg.get("args", []))
+            kwargs = dict(dec.value(msg.get("kwargs", {"d": []})))
+            result = target(*args, **kwargs)
+            ids = {id(node): nid for nid, node in dec.nodes.items()}
+            enc = wire.Encoder(ids)
+            try:
+                value = enc.value(result)
+            except (wire.WireError, RecursionError):
+                if isinstance(target, type) or not isinstance(result, (int, float, str, bytes, list, tuple, dict, set)):
+                    reply = {"kind": "object", "h": self._handle(result)}
+                else:
+                    raise
+            else:
+                reply = {"kind": "value", "v": value}
+            try:  # arguments after the call, so in-place changes reach the judge
+                reply["args"] = enc.value(args)
+                reply["kwargs"] = enc.value(kwargs)
+            except (wire.WireError, RecursionError):
+                pass
+            reply["nodes"] = enc.table
+            return reply
+        raise ValueError(f"unknown op {op!r}")
+
+
+def child_calls_main(job, fds, data_fd, limits, nproc, cgroup):
+    """Forked test process of a `calls` test: setup, program, then answer calls. Never returns."""
+    try:
+        fds = dict(fds, rep=data_fd)
+        sock = _child_setup(fds, limits, nproc, job["site_paths"], cgroup)
+    except BaseException as e:  # noqa: BLE001
+        os.write(2, f"sandbox setup failed: {e!r}\n".encode())
+        os._exit(96)
+    ns = {"__name__": "solution", "__builtins__": builtins}
+
+    def answer(e):
+        try:
+            name, msg = type(e).__name__, str(e)[:DETAIL_CAP]
+        except BaseException:  # noqa: BLE001
+            name, msg = "exception", ""
+        return {"raise": [name, msg, _failure_kind(e)]}
+
+    try:
+        if job["setup_code"] is not None:
+            exec(job["setup_code"], ns)
+        exec(job["program_code"], ns)
+        ready = {"ready": True}
+    except BaseException as e:  # noqa: BLE001 - the program failed before any call: the test fails
+        ready = answer(e)
+    try:
+        send_frame(sock, ready)
+        if "raise" in ready:
+            _flush()
+            os._exit(1)
+        server = Server(ns)
+        while True:
+            try:
+                msg = recv_frame(sock)
+            except EOFError:
+                break
+            try:
+                if type(msg) is not dict:
+                    raise ValueError("bad request")
+                reply = server.dispatch(msg)
+            except BaseException as e:  # noqa: BLE001 - the candidate's exception goes to the judge
+                reply = answer(e)
+            try:
+                send_frame(sock, reply)
+            except wire.WireError as e:
+                send_frame(sock, answer(e))
+    except BaseException:  # noqa: BLE001
+        pass
+    _flush()
+    os._exit(0)
+
+
+# ----------------------------------------------------------------------------- the supervisor
 
 
 class Supervisor:
     """Runs tests one child at a time and watches each: time, output, memory, leftovers."""
 
-    def __init__(self, payload, alive_fd):
+    def __init__(self, payload, alive_fd, cgroup, ctl):
         self.p = payload
         self.limits = payload["limits"]
         self.alive_fd = alive_fd
+        self.cgroup = cgroup
+        self.ctl = ctl
         self.ns_mode = payload["mode"] == "ns"
         self.uid = payload["uid"]
         self.can_sweep = self.ns_mode or self.uid is not None
@@ -329,8 +570,12 @@ class Supervisor:
                 return
 
     def _others(self):
-        """Live processes of the sandbox other than this one (zombies excluded)."""
-        me, found = os.getpid(), []
+        """Live tasks of the sandbox other than this process: by cgroup membership when there is one,
+        else from /proc, where a zombie leader whose other threads still run counts as alive."""
+        me = os.getpid()
+        if self.cgroup is not None:
+            return sorted(self.cgroup.tasks() - {me})
+        found = []
         for name in os.listdir("/proc"):
             if not name.isdigit() or int(name) == me:
                 continue
@@ -340,31 +585,63 @@ class Supervisor:
             except OSError:
                 continue
             fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-            if fields.get("State", "").strip().startswith("Z"):
-                continue
             if not self.ns_mode and int(fields.get("Uid", "-1").split()[0]) != self.uid:
                 continue
+            if fields.get("State", "").strip().startswith("Z"):
+                try:
+                    if len(os.listdir(f"/proc/{name}/task")) <= 1:
+                        continue
+                except OSError:
+                    continue
             found.append(int(name))
         return found
 
+    def _kill_members(self):
+        if self.cgroup is None:
+            return
+        for tid in self.cgroup.tasks() - {os.getpid()}:
+            try:
+                os.kill(tid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def _others_besides(self, pid):
+        """When the judge is done: is any process of the sandbox alive besides the test process?
+        Everything is frozen first, so a process cannot fork or exit its way out of the count."""
+        if not self.can_sweep and self.cgroup is None:
+            return False
+        if self.can_sweep:
+            try:
+                os.kill(-1, signal.SIGSTOP)
+            except OSError:
+                pass
+        try:
+            mine = {int(t) for t in os.listdir(f"/proc/{pid}/task")}
+        except (OSError, ValueError):
+            mine = set()
+        return bool(set(self._others()) - mine - {pid})
+
     def sweep(self):
         """Kill every process of the sandbox but this one; True when there were any."""
-        if not self.can_sweep:
+        if not self.can_sweep and self.cgroup is None:
             return False
         self._reap_all()
         # Freeze first: kill(-1) signals every target under one lock and a stopped process cannot
         # fork, so the scan below cannot miss a process created while it reads /proc.
-        try:
-            os.kill(-1, signal.SIGSTOP)
-        except OSError:
-            pass
+        if self.can_sweep:
+            try:
+                os.kill(-1, signal.SIGSTOP)
+            except OSError:
+                pass
         found = bool(self._others())
         if found:
             for _ in range(SWEEP_ROUNDS):
-                try:
-                    os.kill(-1, signal.SIGKILL)
-                except OSError:
-                    pass
+                if self.can_sweep:
+                    try:
+                        os.kill(-1, signal.SIGKILL)
+                    except OSError:
+                        pass
+                self._kill_members()
                 self._reap_all()
                 if not self._others():
                     break
@@ -388,8 +665,28 @@ class Supervisor:
         self.sweep()
         os._exit(3)
 
+    def _ctl_recv(self):
+        try:
+            data = self.ctl.recv(CTL_MAX)
+        except OSError:
+            data = b""
+        if not data:
+            self._outer_gone()
+        try:
+            msg = json.loads(data)
+        except ValueError:
+            return {}
+        return msg if isinstance(msg, dict) else {}
+
+    def ctl_send(self, msg, fds=()):
+        data = json.dumps(msg).encode()
+        if fds:
+            socket.send_fds(self.ctl, [data], list(fds))
+        else:
+            self.ctl.send(data)
+
     # -- one test
-    def run(self, job, stdin_data):
+    def run(self, job, stdin_data, calls=False):
         cap = self.limits["output_cap"]
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -402,14 +699,25 @@ class Supervisor:
             os.lseek(stdin_fd, 0, os.SEEK_SET)
         token = os.urandom(16).hex()
         fds = {"stdin": stdin_fd, "out": out_w, "err": err_w, "rep": rep_w}
+        judge_end = child_end = None
+        if calls:
+            judge_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        oom_before = self.cgroup.oom_kills() if self.cgroup is not None else 0
         pid = os.fork()
         if pid == 0:
             try:
-                child_main(job, fds, token, self.limits, self.nproc)
+                if calls:
+                    child_calls_main(job, fds, child_end.fileno(), self.limits, self.nproc, self.cgroup)
+                else:
+                    child_io_main(job, fds, token, self.limits, self.nproc, self.cgroup)
             finally:
                 os._exit(95)
         for fd in (stdin_fd, out_w, err_w, rep_w):
             os.close(fd)
+        if calls:
+            child_end.close()
+            self.ctl_send({"event": "started"}, [judge_end.fileno()])
+            judge_end.close()
         try:
             pidfd = os.pidfd_open(pid)
         except (AttributeError, OSError):
@@ -418,7 +726,7 @@ class Supervisor:
         bufs = {out_r: bytearray(), err_r: bytearray(), rep_r: bytearray()}
         open_fds = [out_r, err_r, rep_r]
         status, detail = None, ""
-        exited = False
+        exited = stopped = False
         wait_status = None
         cpu_used = 0.0
         deadline = min(time.monotonic() + self.limits["test_timeout"], self.total_deadline)
@@ -430,9 +738,14 @@ class Supervisor:
                 detail = f"exceeded {self.limits['test_timeout']:g}s per test" if per_test else "exceeded the whole-program limit"
                 break
             watch = open_fds + [self.alive_fd] + ([pidfd] if pidfd is not None and not exited else [])
+            if calls:
+                watch.append(self.ctl.fileno())
             ready, _, _ = select.select(watch, [], [], min(deadline - now, POLL_S))
             if self.alive_fd in ready:
                 self._outer_gone()
+            if calls and self.ctl.fileno() in ready and self._ctl_recv().get("op") == "stop":
+                stopped = True
+                break
             for fd in ready:
                 if fd in bufs:
                     data = os.read(fd, 1 << 16)
@@ -451,9 +764,14 @@ class Supervisor:
                 exited, wait_status = True, st
                 cpu_used = usage.ru_utime + usage.ru_stime
                 break
-            if self.ns_mode and self._sandbox_rss() > self.limits["memory"]:
+            if self.cgroup is not None:
+                if self.cgroup.oom_kills() > oom_before:  # the kernel killed a process of the sandbox
+                    status, detail = "memory", f"the sandbox's cgroup ran out of its {self.limits['memory'] >> 20} MiB"
+                    break
+            elif self.ns_mode and self._sandbox_rss() > self.limits["memory"]:
                 status, detail = "memory", f"sandbox resident memory above {self.limits['memory'] >> 20} MiB"
                 break
+        others_at_stop = stopped and self._others_besides(pid)
         if not exited:
             for target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
                 try:
@@ -477,6 +795,15 @@ class Supervisor:
             os.close(fd)
         if pidfd is not None:
             os.close(pidfd)
+        oom = self.cgroup is not None and self.cgroup.oom_kills() > oom_before
+        if status is None and oom:
+            status, detail = "memory", f"the sandbox's cgroup ran out of its {self.limits['memory'] >> 20} MiB"
+        if status is None and calls:
+            if stopped:
+                left = leftovers or others_at_stop
+                status, detail = ("leftover", "processes were left running after the tests finished") if left else ("ok", "")
+            else:
+                status, detail = self.classify_exit(wait_status, cpu_used >= cpu_limit_s(self.limits))
         if status is None:
             cpu_limit = cpu_limit_s(self.limits)
             status, detail = self.classify(job["form"], wait_status, bytes(bufs[rep_r]), token, cpu_used >= cpu_limit)
@@ -485,9 +812,23 @@ class Supervisor:
         result = {"status": status, "detail": detail[:DETAIL_CAP]}
         if job["form"] == "io":
             result["stdout"] = bytes(bufs[out_r][:cap]).decode("utf-8", "replace")
-        if status not in ("pass", "ran"):
+        if status not in ("pass", "ran", "ok"):
             result["stderr_tail"] = bytes(bufs[err_r][-DETAIL_CAP:]).decode("utf-8", "replace")
+        if calls:
+            self.ctl_send(dict(result, event="ended"))
         return result
+
+    @staticmethod
+    def classify_exit(wait_status, cpu_exhausted):
+        """A calls-test process that ended before the judge stopped it."""
+        if os.WIFSIGNALED(wait_status):
+            sig = os.WTERMSIG(wait_status)
+            if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_exhausted):
+                return "timeout", f"killed by signal {sig} (CPU time limit)"
+            if sig == signal.SIGXFSZ:
+                return "output_limit", "file size limit"
+            return "error", f"killed by signal {sig}"
+        return "error", f"the program exited (status {os.WEXITSTATUS(wait_status)}) before the tests finished"
 
     @staticmethod
     def classify(form, wait_status, report, token, cpu_exhausted):
@@ -523,8 +864,7 @@ class Supervisor:
 
 
 def compile_all(p):
-    """Compile setup, program and tests here, so a child only execs ready code objects."""
-    jobs = []
+    """Compile setup and program here, so a child only execs ready code objects."""
     try:
         setup_code = compile(p["setup"], "setup.py", "exec") if p.get("setup") else None
     except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError) as e:
@@ -533,42 +873,43 @@ def compile_all(p):
         program_code = compile(p["program"], "solution.py", "exec")
     except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError) as e:
         return None, f"{type(e).__name__}: {e}", None
-    base = {"form": p["form"], "setup_code": setup_code, "program_code": program_code,
-            "site_paths": p["site_paths"], "self_invoking": False, "entry_point": p.get("entry_point")}
-    try:
-        if p["form"] == "asserts":
-            for i, src in enumerate(p["asserts"]):
-                jobs.append(dict(base, test_code=compile(src, f"test_{i}.py", "exec")))
-        elif p["form"] == "check":
-            tree = ast.parse(p["check"])
-            self_invoking = any(
-                isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
-                and isinstance(node.value.func, ast.Name) and node.value.func.id == "check"
-                for node in tree.body
-            )
-            jobs.append(dict(base, test_code=compile(tree, "test.py", "exec"), self_invoking=self_invoking))
-        elif p["form"] == "io":
-            jobs = [dict(base, test_code=None) for _ in p["inputs"]]
-        elif p["form"] == "probe":
-            jobs = [dict(base, test_code=None)]
-        else:
-            return None, None, f"unknown test form {p['form']!r}"
-    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError) as e:
-        return None, None, f"tests: {type(e).__name__}: {e}"
-    return jobs, None, None
+    if p["form"] not in ("calls", "io", "probe"):
+        return None, None, f"unknown test form {p['form']!r}"
+    job = {"form": p["form"], "setup_code": setup_code, "program_code": program_code, "site_paths": p["site_paths"]}
+    return job, None, None
 
 
-def run_all(p, alive_fd):
+def run_all(p, alive_fd, ctl):
     out = {"tests": [], "compile_error": None, "bad_tests": None}
-    isolate(p)
-    jobs, compile_error, bad_tests = compile_all(p)
-    if jobs is None:
+    cgroup = isolate(p)
+    job, compile_error, bad_tests = compile_all(p)
+    sup = Supervisor(p, alive_fd, cgroup, ctl)
+    if p["form"] == "calls":
+        sup.ctl_send({"event": "ready", "compile_error": compile_error, "bad_tests": bad_tests})
+    if job is None:
         out["compile_error"], out["bad_tests"] = compile_error, bad_tests
         return out
-    sup = Supervisor(p, alive_fd)
-    inputs = p.get("inputs") or [None] * len(jobs)
+    if p["form"] == "calls":
+        while True:  # the judge drives: one `start` per test, then `finish`
+            ready, _, _ = select.select([ctl.fileno(), alive_fd], [], [])
+            if alive_fd in ready:
+                sup._outer_gone()
+            op = sup._ctl_recv().get("op")
+            if op == "finish":
+                break
+            if op != "start":
+                continue  # a `stop` that crossed an `ended`
+            if time.monotonic() >= sup.total_deadline:
+                res = {"status": "timeout", "detail": "whole-program limit reached before this test"}
+                sup.ctl_send(dict(res, event="ended"))
+            else:
+                res = sup.run(job, None, calls=True)
+            out["tests"].append(res)
+        out["elapsed_s"] = round(time.monotonic() - sup.start, 4)
+        return out
+    inputs = p.get("inputs") or [None]
     failed = False
-    for job, stdin_data in zip(jobs, inputs):
+    for stdin_data in inputs:
         if failed and p["stop_on_failure"]:
             out["tests"].append({"status": "skipped", "detail": "an earlier test failed"})
             continue
@@ -587,14 +928,21 @@ def main():
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_IGN)
     result = {}
+    ctl = None
     try:
         n = int.from_bytes(read_exact(0, 8), "big")
         payload = json.loads(read_exact(0, n))
         alive_fd = payload["alive_fd"]
-        result = run_all(payload, alive_fd)
+        ctl = socket.socket(fileno=payload["ctl_fd"])
+        result = run_all(payload, alive_fd, ctl)
         result["isolation"] = {"pid1": os.getpid() == 1, "uid": os.getuid(), "mode": payload["mode"]}
     except BaseException as e:  # noqa: BLE001 - reported to the caller, who turns it into a reason
         result["harness_error"] = f"{type(e).__name__}: {e}"
+        if ctl is not None:
+            try:
+                ctl.send(json.dumps({"event": "failed", "detail": result["harness_error"]}).encode())
+            except OSError:
+                pass
     try:
         nonce = b""
         while len(nonce) < NONCE_CAP:

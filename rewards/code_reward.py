@@ -2,13 +2,18 @@
 
 Ground truth forms (a dict, or the same dict as a JSON string):
 - `{"asserts": ["assert f(1) == 2", ...], "setup": "import math"}` (setup optional): each assert
-  is one test (MBPP).
+  is one test (MBPP). `setup` runs on both sides: in the sandbox before the program, and in the
+  trusted judge before the tests.
 - `{"check": "def check(candidate): ...", "entry_point": "f", "setup": ...}`: one test
   (HumanEval, LeetCode). `entry_point` may be `name`, `Solution.method` or `Solution().method`
   (then the candidate is the method bound to a fresh instance); when the check source calls
   `check(...)` itself at top level, that call is the test.
 - `{"io": [{"input": "...", "output": "..."}, ...]}`: stdin/stdout cases (Codeforces); the
   expected outputs never enter the sandbox, they are compared here.
+
+Asserts and check tests never enter the sandbox either: the trusted judge (`rewards.judge`) runs
+them in this process against proxies of the program, so every comparison is made here on plain
+values (docs/rewards.md, "Code: threat model").
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 
 from rewards import sandbox
 from rewards import types as R
+from rewards.judge import TrustedTest, compile_trusted
 from rewards.config import RewardConfig
 from rewards.extract import extract_code
 from rewards.types import RewardResult
@@ -43,19 +49,26 @@ class BadGroundTruth(ValueError):
 
 @dataclass(frozen=True)
 class CodeTests:
-    """Parsed ground truth: what goes into the sandbox (`payload`) and what stays out (`outputs`)."""
+    """Parsed ground truth: what goes into the sandbox (`payload`) and what stays out: the
+    expected outputs (`io`) or the tests the trusted judge runs (`trusted`, asserts and check)."""
 
     payload: dict[str, Any]
     outputs: tuple[str, ...] = ()
+    trusted: tuple[TrustedTest, ...] = ()
 
     @property
     def count(self) -> int:
-        form = self.payload["form"]
-        if form == "asserts":
-            return len(self.payload["asserts"])
-        if form == "io":
+        if self.payload["form"] == "io":
             return len(self.payload["inputs"])
-        return 1
+        return len(self.trusted)
+
+
+def _trusted(source: str, what: str) -> None:
+    """Tests and setup must compile here, where they run: else the ground truth is bad."""
+    try:
+        compile_trusted(source, what)
+    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError) as e:
+        raise BadGroundTruth(f"{what}: {type(e).__name__}: {e}") from None
 
 
 def _str_field(gt: dict, key: str, *, required: bool) -> str:
@@ -86,13 +99,20 @@ def parse_ground_truth(ground_truth: Any) -> CodeTests:
         asserts = gt["asserts"]
         if not isinstance(asserts, (list, tuple)) or not asserts or not all(isinstance(a, str) and a.strip() for a in asserts):
             raise BadGroundTruth("ground_truth['asserts'] must be a non-empty list of non-empty strings")
-        return CodeTests({"form": "asserts", "asserts": list(asserts), "setup": setup})
+        if setup:
+            _trusted(setup, "setup")
+        for i, src in enumerate(asserts):
+            _trusted(src, f"asserts[{i}]")
+        return CodeTests({"form": "calls", "setup": setup}, trusted=tuple(TrustedTest(a) for a in asserts))
     if form == "check":
         check = _str_field(gt, "check", required=True)
         entry_point = gt.get("entry_point")
         if entry_point is not None and (not isinstance(entry_point, str) or not entry_point.strip()):
             raise BadGroundTruth(f"ground_truth['entry_point'] must be a non-empty string, got {entry_point!r:.80}")
-        return CodeTests({"form": "check", "check": check, "entry_point": entry_point, "setup": setup})
+        if setup:
+            _trusted(setup, "setup")
+        _trusted(check, "check")
+        return CodeTests({"form": "calls", "setup": setup}, trusted=(TrustedTest(check, entry_point, is_check=True),))
     cases = gt["io"]
     if not isinstance(cases, (list, tuple)) or not cases:
         raise BadGroundTruth("ground_truth['io'] must be a non-empty list of {'input', 'output'} cases")
@@ -152,7 +172,10 @@ def score_code(response: Any, ground_truth: Any, cfg: RewardConfig) -> RewardRes
     program = extract_code(response, cfg.code_extraction, think=cfg.strip_think)
     if program is None:
         return RewardResult(cfg.wrong_reward, False, None, R.NO_ANSWER, "no code block found")
-    report = sandbox.run_program(program, tests.payload, cfg)
+    plan = None
+    if tests.trusted:
+        plan = sandbox.TrustedPlan(tests.trusted, tests.payload.get("setup") or "", not cfg.code_partial_credit)
+    report = sandbox.run_program(program, tests.payload, cfg, plan)
     return judge(report, tests, program, cfg)
 
 

@@ -75,6 +75,24 @@ class RewardConfig:
     code_use_namespaces: bool = True  # net/pid/mount namespaces + minimal root, when available
     code_drop_privileges: bool = True  # run as a fresh unprivileged uid when started as root
     code_uid_range: tuple[int, int] = (1_000_000, 2_000_000)  # sandbox uids drawn from [lo, hi)
+    code_use_cgroups: bool = True
+    """Give each sandbox run its own cgroup (needs root; v1 or v2 detected): the kernel bounds its
+    memory to `code_memory_mb` (shm, memfd and tmpfs pages included) and its tasks to
+    `code_max_processes`, and every task left when the run ends is killed by membership."""
+    code_require_cgroups: bool = False
+    """When no per-run cgroup can be made: True refuses to score code (reason `sandbox_error`);
+    False warns once at start-up, naming what is still enforced (docs/rewards.md)."""
+    code_max_inodes: int = 4096
+    """`nr_inodes` of the sandbox's private tmpfs (namespace mode): files, folders and user xattrs
+    there cost kernel memory that `code_disk_mb` (`size=`) alone does not bound."""
+    code_ipc_shm_mb: int = 16
+    """SysV shared memory allowed in the sandbox's IPC namespace (kernel.shmmax and shmall)."""
+    code_ipc_max_objects: int = 16
+    """SysV shared-memory segments and message queues allowed (kernel.shmmni, msgmni)."""
+    code_ipc_msg_queue_bytes: int = 16384
+    """Bytes one SysV message queue may hold (kernel.msgmnb; 16384 is Linux's default)."""
+    code_max_message_mb: int = 16
+    """Largest encoded value the trusted judge accepts from the program in one reply."""
 
     # --- machinery
     hard_timeout_grace_s: float = 2.0  # slack before a stuck worker or harness is killed
@@ -129,8 +147,13 @@ class RewardConfig:
             "code_max_open_files",
             "code_max_file_mb",
             "code_disk_mb",
+            "code_max_inodes",
+            "code_ipc_shm_mb",
+            "code_ipc_msg_queue_bytes",
+            "code_max_message_mb",
         ):
             _int(self, name, minimum=1)
+        _int(self, "code_ipc_max_objects", minimum=0)
         if self.code_max_open_files < 16:
             raise ValueError(
                 f"reward.code_max_open_files must be >= 16 (the interpreter needs a few), got {self.code_max_open_files}"
@@ -156,6 +179,8 @@ class RewardConfig:
             "code_allow_site_packages",
             "code_use_namespaces",
             "code_drop_privileges",
+            "code_use_cgroups",
+            "code_require_cgroups",
             "overlong_shaping",
             "overlong_filtering",
         ):

@@ -11,6 +11,12 @@ Isolation on every run (see docs/rewards.md for what holds when a piece is unava
 Both modes: own session/process group killed whole on timeout; per-test and whole-program
 wall-clock limits; rlimits on address space, CPU, processes, file size, open files; output
 capped; environment scrubbed; the harness dies when this process dies (a liveness pipe).
+As root, each run also gets its own cgroup (`rewards.cgroups`): memory (shm, memfd and tmpfs
+pages included) and tasks are bounded by the kernel, and every task left is killed by
+membership. Namespace mode adds IPC-namespace limits and an inode-limited tmpfs.
+
+Tests of the `calls` form (asserts, check) never enter the sandbox: this process runs them with
+the trusted judge (`rewards.judge`) while the sandbox answers calls.
 
 This module is thread-safe and uses no preexec_fn, so it works from Ray actors' threads.
 """
@@ -18,19 +24,26 @@ This module is thread-safe and uses no preexec_fn, so it works from Ray actors' 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import shutil
 import site
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rewards import cgroups
+from rewards import judge as J
 from rewards.config import RewardConfig
+
+log = logging.getLogger(__name__)
 
 HARNESS = Path(__file__).with_name("_harness.py")
 PYTHON_FLAGS = ("-I", "-S", "-B")
@@ -52,6 +65,16 @@ class Isolation:
     drop_privileges: bool
     unshare: str | None
     note: str
+    cgroup: cgroups.Support | None = None  # None: no per-run cgroup (see `note`)
+
+
+@dataclass(frozen=True)
+class TrustedPlan:
+    """The `calls` tests, run by the trusted judge in this process."""
+
+    tests: tuple[J.TrustedTest, ...]
+    setup: str = ""  # the ground truth's setup, run before the tests on the trusted side
+    stop_on_failure: bool = True
 
 
 @dataclass
@@ -112,7 +135,17 @@ def isolation(cfg: RewardConfig) -> Isolation:
             note += "; not root or reward.code_drop_privileges off: the program runs as this user"
         elif not unshare and not _world_traversable(sys.base_prefix):
             note += f"; {sys.base_prefix} is not readable by other users: only preloaded stdlib modules import"
-        result = Isolation(bool(unshare), drop, unshare, note.strip("; "))
+        support = cgroups.detect() if cfg.code_use_cgroups else cgroups.Support(None, (), "disabled by reward.code_use_cgroups")
+        if support.version is None:
+            note += (f"; no per-run cgroup ({support.note}): memory is bounded only per process (address space) "
+                     "and by summing resident pages, processes only by RLIMIT_NPROC; shm, memfd and tmpfs pages "
+                     "are not counted")
+            if not unshare:
+                note += "; no IPC or tmpfs limits (plain mode)"
+            log.warning("code sandbox: %s", note.strip("; "))
+        else:
+            cgroups.remove_stale(support)
+        result = Isolation(bool(unshare), drop, unshare, note.strip("; "), support if support.version else None)
         _probe_cache[key] = result
         return result
 
@@ -158,6 +191,14 @@ def _limits(cfg: RewardConfig) -> dict[str, Any]:
         "nofile": cfg.code_max_open_files,
         "fsize": cfg.code_max_file_mb * MB,
         "disk_mb": cfg.code_disk_mb,
+        "inodes": cfg.code_max_inodes,
+        "ipc": {
+            "shmmax": cfg.code_ipc_shm_mb * MB,
+            "shmall": max(1, cfg.code_ipc_shm_mb * MB // os.sysconf("SC_PAGE_SIZE")),
+            "shmmni": cfg.code_ipc_max_objects,
+            "msgmni": cfg.code_ipc_max_objects,
+            "msgmnb": cfg.code_ipc_msg_queue_bytes,
+        },
     }
 
 
@@ -201,18 +242,27 @@ def _remove_uid_files(uid: int) -> None:
                 pass
 
 
-def run_program(program: str, tests: dict[str, Any], cfg: RewardConfig) -> SandboxReport:
-    """Run `program` against `tests` (the harness payload part: form, asserts/check/inputs, setup)."""
-    return _launch(program, tests, cfg, isolation(cfg))
+def run_program(program: str, tests: dict[str, Any], cfg: RewardConfig, trusted: TrustedPlan | None = None) -> SandboxReport:
+    """Run `program` for its tests: `tests` is the harness payload part (form, inputs, setup); for
+    the `calls` form `trusted` holds the tests that the judge runs here against the sandbox."""
+    iso = isolation(cfg)
+    if iso.cgroup is None and cfg.code_require_cgroups:
+        return SandboxReport(isolation=iso, harness_error=f"refused: reward.code_require_cgroups is set and {iso.note}")
+    return _launch(program, tests, cfg, iso, trusted=trusted)
 
 
-def _launch(program: str, tests: dict[str, Any], cfg: RewardConfig, iso: Isolation, *, probe: bool = False) -> SandboxReport:
+def _launch(program: str, tests: dict[str, Any], cfg: RewardConfig, iso: Isolation, *, probe: bool = False,
+            trusted: TrustedPlan | None = None) -> SandboxReport:
     uid = secrets.randbelow(cfg.code_uid_range[1] - cfg.code_uid_range[0]) + cfg.code_uid_range[0] if iso.drop_privileges else None
     workdir = tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-")
     alive_r, alive_w = os.pipe()
+    judge_ctl, harness_ctl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     report = SandboxReport(isolation=iso)
     proc: subprocess.Popen | None = None
+    run_cg: cgroups.RunCgroup | None = None
     try:
+        if iso.cgroup is not None and not probe:
+            run_cg = cgroups.create(iso.cgroup, cfg.code_memory_mb * MB, cfg.code_max_processes)
         if iso.namespaces:
             cmd = [iso.unshare or "unshare", *UNSHARE_FLAGS, "--", sys.executable, *PYTHON_FLAGS, str(HARNESS)]
             home = NS_HOME
@@ -227,6 +277,8 @@ def _launch(program: str, tests: dict[str, Any], cfg: RewardConfig, iso: Isolati
             "root": workdir,
             "uid": uid,
             "alive_fd": alive_r,
+            "ctl_fd": harness_ctl.fileno(),
+            "cgroup": run_cg.spec() if run_cg is not None else None,
             "limits": _limits(cfg),
             "site_paths": site_paths(cfg),
             "program": program,
@@ -235,16 +287,34 @@ def _launch(program: str, tests: dict[str, Any], cfg: RewardConfig, iso: Isolati
         }
         body = json.dumps(payload).encode()
         nonce = secrets.token_hex(32)
-        data = len(body).to_bytes(8, "big") + body + nonce.encode()
         proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(home),
-            cwd=workdir, start_new_session=True, pass_fds=(alive_r,), close_fds=True,
+            cwd=workdir, start_new_session=True, pass_fds=(alive_r, harness_ctl.fileno()), close_fds=True,
         )
         os.close(alive_r)
         alive_r = -1
+        harness_ctl.close()
         limit = (PROBE_TIMEOUT_S if probe else cfg.code_total_timeout_s) + cfg.hard_timeout_grace_s
+        started = time.monotonic()
+        judged: list[J.Outcome] | None = None
+        supervised: list[dict] = []
+        if trusted is not None:
+            try:
+                proc.stdin.write(len(body).to_bytes(8, "big") + body)
+                proc.stdin.flush()
+                judged = _drive(J.Channel(judge_ctl, cfg.code_max_message_mb * MB), trusted, cfg, started + limit, supervised)
+            except (BrokenPipeError, J.SandboxEnded):
+                judged = None
+                for op in ("stop", "finish"):  # let the harness end its test and report
+                    try:
+                        judge_ctl.send(json.dumps({"op": op}).encode())
+                    except OSError:
+                        pass
+            data = nonce.encode()
+        else:
+            data = len(body).to_bytes(8, "big") + body + nonce.encode()
         try:
-            out, err = proc.communicate(data, timeout=limit)
+            out, err = proc.communicate(data, timeout=max(0.1, started + limit - time.monotonic()))
         except subprocess.TimeoutExpired:
             report.timed_out = True
             _kill_group(proc)
@@ -260,13 +330,30 @@ def _launch(program: str, tests: dict[str, Any], cfg: RewardConfig, iso: Isolati
             report.bad_tests = result.get("bad_tests")
             report.harness_error = result.get("harness_error")
             report.elapsed_s = result.get("elapsed_s")
+            if judged is not None and not (report.compile_error or report.bad_tests or report.harness_error):
+                seen = [r.get("status") for r in supervised]
+                said = [r.get("status") for r in report.tests]
+                if seen != said:
+                    report.harness_error = f"the supervisor's statuses {said} differ from its events {seen}"
+                else:
+                    report.tests = [{"status": o.status, "detail": o.detail, **o.extra} for o in judged]
+            elif trusted is not None and judged is None and not (report.compile_error or report.bad_tests or report.harness_error):
+                report.harness_error = "the judge lost the sandbox"
+        if run_cg is not None and cgroups.oom_kills(run_cg) and (report.harness_error or report.timed_out):
+            report.harness_error, report.timed_out = None, False
+            report.tests = [{"status": "memory", "detail": f"the sandbox's cgroup ran out of its {cfg.code_memory_mb} MiB"}]
     finally:
         if alive_r >= 0:
             os.close(alive_r)
         os.close(alive_w)
+        judge_ctl.close()
+        if harness_ctl.fileno() >= 0:
+            harness_ctl.close()
         if proc is not None and proc.returncode is None:  # never signal a reaped (reusable) pid
             _kill_group(proc)
             proc.wait()
+        if run_cg is not None:
+            cgroups.destroy(run_cg)
         if not iso.namespaces and uid is not None:
             # Anything of this uid still alive was started by the program (the harness checks, but a
             # process forked after its check would escape it): kill it, then delete its files.
@@ -274,6 +361,45 @@ def _launch(program: str, tests: dict[str, Any], cfg: RewardConfig, iso: Isolati
             _remove_uid_files(uid)
         shutil.rmtree(workdir, ignore_errors=True)
     return report
+
+
+def _drive(channel: J.Channel, plan: TrustedPlan, cfg: RewardConfig, deadline: float, supervised: list[dict]) -> list[J.Outcome] | None:
+    """Run the trusted tests one by one, each against a fresh test process; None when the harness
+    did not get as far as running tests (compile error, bad setup: its result says which)."""
+    ready = channel.wait_event(deadline, "ready")
+    outcomes: list[J.Outcome] = []
+    if ready.get("compile_error") or ready.get("bad_tests"):
+        channel.ctl_send({"op": "finish"})
+        return None
+    setup = J.compile_trusted(plan.setup, "setup.py")[0] if plan.setup else None
+    failed = False
+    for test in plan.tests:
+        if failed and plan.stop_on_failure:
+            outcomes.append(J.Outcome("skipped", "an earlier test failed"))
+            continue
+        channel.ended = None
+        channel.ctl_send({"op": "start"})
+        channel.wait_event(deadline, "started", "ended")
+        if channel.ended is not None:  # refused: the whole-program limit was reached
+            supervised.append(channel.ended)
+            outcomes.append(J.Outcome(str(channel.ended.get("status")), str(channel.ended.get("detail", ""))))
+            failed = True
+            continue
+        test_deadline = min(deadline, time.monotonic() + cfg.code_test_timeout_s + cfg.hard_timeout_grace_s)
+        judged = J.run_test(channel, test, setup, test_deadline)
+        if channel.ended is None:
+            channel.ctl_send({"op": "stop"})
+            channel.wait_event(deadline, "ended")
+        ended = channel.ended or {"status": "error", "detail": "no end of test from the sandbox"}
+        supervised.append(ended)
+        if channel.data is not None:
+            channel.data.close()
+            channel.data = None
+        outcome = J.combine(judged, ended)
+        outcomes.append(outcome)
+        failed = failed or outcome.status != "pass"
+    channel.ctl_send({"op": "finish"})
+    return outcomes
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

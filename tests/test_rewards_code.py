@@ -1,6 +1,6 @@
 """Code rewards: extraction, the three ground-truth forms, LeetCode binding, values and reasons.
 
-A sample of 5 rows of each shared data set runs here; all rows run in benchmarks/bench_rewards.py.
+A sample of 5 rows of each data set in data/code runs here; all rows run in benchmarks/bench_rewards.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from rewards.code_reward import BadGroundTruth, outputs_match, parse_ground_trut
 from rewards.extract import extract_code, fenced_blocks
 
 ROOT = Path(__file__).resolve().parent.parent
-CODE = ROOT.parent / "shared" / "data" / "code"
+CODE = ROOT / "data" / "code"
 FAST = RewardConfig()  # default limits: verdicts here must not depend on machine load
 SAMPLE = (0, 41, 87, 130, 163)
 

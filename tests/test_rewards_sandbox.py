@@ -402,7 +402,11 @@ def test_worker_death_takes_the_sandbox_with_it() -> None:
     proc = subprocess.Popen([sys.executable, "-c", script])
     try:
         deadline = time.monotonic() + 120
-        while not processes_of(uid) and time.monotonic() < deadline:
+        while time.monotonic() < deadline:  # the start-up probe's processes come and go first
+            if processes_of(uid):
+                time.sleep(1.0)
+                if processes_of(uid):
+                    break
             time.sleep(0.05)
         assert processes_of(uid), "the sandbox never started"
     finally:
