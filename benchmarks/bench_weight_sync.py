@@ -159,8 +159,9 @@ def main() -> int:
     lines = ["# Weight sync (trainer -> vLLM): object store vs collective channel", "",
              f"`.venv/bin/python {cmd}`: two ZeRO-3 trainer ranks (fp32, gloo) and one in-process vLLM engine "
              "as Ray actors on 2 cores; both channels alternate on the same actors; median of the reps. Peak = "
-             "most memory the sync added to the process (VmHWM after the sync minus VmRSS before it, the "
-             "peak counter reset first).", "",
+             "most memory the sync added to the process (VmHWM after the sync minus VmRSS before it; before, "
+             "each process returns freed heap to the OS with malloc_trim and its peak counter is reset). The "
+             "object store channel also holds one full copy in Ray's shared-memory object store.", "",
              "| model | MiB sent | channel | buckets | sync (s) | peak trainer rank 0 (MiB) | peak rank 1 (MiB) "
              f"| peak engine (MiB) | object store copy (MiB) | share of a {args.step_seconds:.0f} s step |",
              "|---|---|---|---|---|---|---|---|---|---|"]
