@@ -94,7 +94,7 @@ def _trim(_actor: object = None) -> None:
     ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def measure(name: str, reps: int, bucket_mb: float) -> dict[str, dict[str, list[float]]]:
+def measure(name: str, reps: int, bucket_mb: float, env: dict[str, str]) -> dict[str, dict[str, list[float]]]:
     import ray
 
     from cispo.trainer import TrainerConfig
@@ -104,7 +104,7 @@ def measure(name: str, reps: int, bucket_mb: float) -> dict[str, dict[str, list[
 
     path = model_path(name)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             _node_ip_address="127.0.0.1")
+             _node_ip_address="127.0.0.1", runtime_env={"env_vars": env} if env else None)
     try:
         trainer = TrainerGroup(TrainerConfig(zero_stage=3, world_size=2, num_cpus_per_rank=0.5, precision="fp32",
                                              batch_size=8, mini_batch_size=8), path)
@@ -151,11 +151,20 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--bucket-mb", type=float, default=64.0,
                         help="collective channel bucket size (rollout.group.weight_bucket_mb)")
+    parser.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="environment of the Ray workers, e.g. MALLOC_MMAP_THRESHOLD_=1048576 (glibc returns "
+                             "buffers >= 1 MiB to the OS on free: peaks then show live memory, not heap retention)")
+    parser.add_argument("--out", type=Path, default=RESULT, help="results file")
     parser.add_argument("--step-seconds", type=float, default=44.0,
                         help="step time of the default job, for the sync's share (README: 44 s)")
     args = parser.parse_args()
+    bad = [e for e in args.env if "=" not in e]
+    if bad:
+        parser.error(f"--env takes KEY=VALUE pairs, got {bad}")
+    env = dict(e.split("=", 1) for e in args.env)
     cmd = " ".join(["benchmarks/bench_weight_sync.py", "--models", *args.models, "--reps", str(args.reps),
-                    "--bucket-mb", f"{args.bucket_mb:g}"])
+                    "--bucket-mb", f"{args.bucket_mb:g}", *(["--env", *args.env] if env else []),
+                    *(["--out", str(args.out)] if args.out != RESULT else [])])
     lines = ["# Weight sync (trainer -> vLLM): object store vs collective channel", "",
              f"`.venv/bin/python {cmd}`: two ZeRO-3 trainer ranks (fp32, gloo) and one in-process vLLM engine "
              "as Ray actors on 2 cores; both channels alternate on the same actors; median of the reps. Peak = "
@@ -166,7 +175,7 @@ def main() -> int:
              f"| peak engine (MiB) | object store copy (MiB) | share of a {args.step_seconds:.0f} s step |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name in args.models:
-        res = measure(name, args.reps, args.bucket_mb)
+        res = measure(name, args.reps, args.bucket_mb, env)
         for channel in CHANNELS:
             r = {k: statistics.median(v) for k, v in res[channel].items()}
             lines.append(f"| {name} | {r['MiB']:.1f} | {channel} | {r['buckets']:.0f} | {r['seconds']:.2f} | "
@@ -175,7 +184,7 @@ def main() -> int:
                          f"{100 * r['seconds'] / args.step_seconds:.1f}% |")
             print(lines[-1], flush=True)
     lines.append(f"\nLoad average at the end: {os.getloadavg()[0]:.1f}.")
-    RESULT.write_text("\n".join(lines) + "\n")
+    args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
