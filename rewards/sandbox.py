@@ -91,7 +91,7 @@ class SandboxReport:
 
 
 _probe_lock = threading.Lock()
-_probe_cache: dict[tuple[bool, bool], Isolation] = {}
+_probe_cache: dict[tuple[bool, bool, bool], Isolation] = {}
 
 
 def _is_root() -> bool:
@@ -111,7 +111,7 @@ def site_paths(cfg: RewardConfig) -> list[str]:
 
 def isolation(cfg: RewardConfig) -> Isolation:
     """Probe (once per process and setting) whether namespace mode works here."""
-    key = (cfg.code_use_namespaces, cfg.code_drop_privileges)
+    key = (cfg.code_use_namespaces, cfg.code_drop_privileges, cfg.code_use_cgroups)
     with _probe_lock:
         if key in _probe_cache:
             return _probe_cache[key]
