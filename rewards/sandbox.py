@@ -262,7 +262,11 @@ def _launch(program: str, tests: dict[str, Any], cfg: RewardConfig, iso: Isolati
     run_cg: cgroups.RunCgroup | None = None
     try:
         if iso.cgroup is not None and not probe:
-            run_cg = cgroups.create(iso.cgroup, cfg.code_memory_mb * MB, cfg.code_max_processes)
+            try:
+                run_cg = cgroups.create(iso.cgroup, cfg.code_memory_mb * MB, cfg.code_max_processes)
+            except OSError as e:
+                report.harness_error = f"cannot create the run's cgroup: {e}"
+                return report
         if iso.namespaces:
             cmd = [iso.unshare or "unshare", *UNSHARE_FLAGS, "--", sys.executable, *PYTHON_FLAGS, str(HARNESS)]
             home = NS_HOME
@@ -303,7 +307,7 @@ def _launch(program: str, tests: dict[str, Any], cfg: RewardConfig, iso: Isolati
                 proc.stdin.write(len(body).to_bytes(8, "big") + body)
                 proc.stdin.flush()
                 judged = _drive(J.Channel(judge_ctl, cfg.code_max_message_mb * MB), trusted, cfg, started + limit, supervised)
-            except (BrokenPipeError, J.SandboxEnded):
+            except (OSError, J.SandboxEnded, ValueError):  # ValueError: a malformed control message
                 judged = None
                 for op in ("stop", "finish"):  # let the harness end its test and report
                     try:
