@@ -162,7 +162,29 @@ def bench_code(limit: int | None) -> list[str]:
     if no_bad:
         lines.append(f"MBPP rows without a recognisable entry point (no broken version): {no_bad}")
     lines += ["", "Mismatches:" if failures else "Mismatches: none.", *failures, ""]
-    return lines
+    return lines + bench_leetcode_nodes(cfg)
+
+
+def bench_leetcode_nodes(cfg: RewardConfig) -> list[str]:
+    """LeetCode train rows whose tests build linked lists or trees: the judge passes nodes across."""
+    with gzip.open(DATA / "code" / "rllm_leetcode_train.json.gz", "rt") as fh:
+        rows = json.load(fh)
+    picked = []
+    for i, r in enumerate(rows):
+        source = r["tests"]["functional"] if isinstance(r["tests"], dict) else str(r["tests"])
+        if any(k in source for k in ("list_node", "tree_node", ".next")):
+            gt = code_data.leetcode_ground_truth(r)
+            ref = code_data.leetcode_reference(r)
+            picked.append((i, fence(ref), fence(broken_solution(ref, gt["entry_point"].split(".")[-1])), gt))
+    good, _ = run_items([("code", g, gt) for _, g, _, gt in picked], cfg, "leetcode train (nodes) references")
+    bad, _ = run_items([("code", b, gt) for _, _, b, gt in picked], cfg, "leetcode train (nodes) broken")
+    lines = [f"LeetCode train rows with `list_node`/`tree_node` tests (not in the throughput above): "
+             f"{len(picked)} references, **{sum(r.correct for r in good)} pass**; broken versions: "
+             f"**{sum(not r.correct for r in bad)} fail**."]
+    lines += [f"- train {i}: reference failed: {r.reason} {r.detail[:160]}" for (i, *_), r in zip(picked, good) if not r.correct]
+    lines += [f"- train {i}: broken version passed (the perturbed method calls itself: perturbations cancel)"
+              for (i, *_), r in zip(picked, bad) if r.correct]
+    return lines + [""]
 
 
 def bench_math() -> list[str]:
