@@ -293,7 +293,7 @@ def cpu_limit_s(limits):
 
 
 def _child_setup(fds, limits, nproc, site_paths, cgroup):
-    """Common start of a test process: own group, fds, rlimits (never returns on failure)."""
+    """Common start of a test process: own group, fds, rlimits; raises if any of it fails."""
     os.setpgid(0, 0)
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGALRM):
