@@ -216,16 +216,21 @@ class WeightChannel:
         buckets = plan_buckets(manifest, self.spec.bucket_bytes)
         buffer = torch.empty(max((b.nbytes for b in buckets), default=0), dtype=torch.uint8, device=self.device)
         it = iter(tensors)
-        for k, bucket in enumerate(buckets):
-            for spec, off in zip(bucket.specs, bucket.offsets):
-                # Copied as soon as it is produced: a ZeRO-3 gather frees it when the next one starts.
-                t = next(it, None)
-                if t is None:
-                    raise ValueError(f"the sender ran out of tensors at {spec.name!r} (manifest has {len(manifest)})")
-                pack_into(spec, off, t, buffer)
-            self.broadcast(buffer[: bucket.nbytes], f"bucket {k + 1}/{len(buckets)} broadcast")
-        if next(it, None) is not None:
-            raise ValueError("the sender produced more tensors than its manifest lists")
+        try:
+            for k, bucket in enumerate(buckets):
+                for spec, off in zip(bucket.specs, bucket.offsets):
+                    # Copied as soon as it is produced: a ZeRO-3 gather frees it when the next one starts.
+                    t = next(it, None)
+                    if t is None:
+                        raise ValueError(f"the sender ran out of tensors at {spec.name!r} "
+                                         f"(manifest has {len(manifest)})")
+                    pack_into(spec, off, t, buffer)
+                self.broadcast(buffer[: bucket.nbytes], f"bucket {k + 1}/{len(buckets)} broadcast")
+            if next(it, None) is not None:
+                raise ValueError("the sender produced more tensors than its manifest lists")
+        except ValueError:
+            self.close()  # the receivers wait in a broadcast that will not come: fail them now
+            raise
         if self.agree(False, "load confirmation"):
             raise WeightSyncError("a rollout engine failed to load the streamed weights (see its error)")
         self.syncs += 1

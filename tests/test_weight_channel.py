@@ -172,3 +172,17 @@ def test_a_member_that_never_joins_times_out_naming_the_address():
     with pytest.raises(WeightSyncError, match=f"rank 0/2 could not join the group at 127.0.0.1:{spec.port}"):
         WeightChannel(spec, 0)
     assert time.perf_counter() - start < 30
+
+
+def test_a_sender_whose_tensors_disagree_with_its_manifest_fails_the_receivers_at_once():
+    spec, queue, proc, sender = _start("ok", timeout_s=60, bucket_bytes=4096)
+    manifest = [spec_of(n, t) for n, t in TENSORS.items()]
+    start = time.perf_counter()
+    try:
+        with pytest.raises(ValueError, match="tensor 'b' is \\(18,\\)"):
+            sender.send(manifest, iter([TENSORS["a"], torch.zeros(18, dtype=torch.bfloat16), TENSORS["c"]]))
+        status, kind, message, _ = queue.get(timeout=60)
+    finally:
+        proc.join(timeout=30)
+    assert (status, kind) == ("error", "WeightSyncError") and "bucket 2/2 broadcast failed" in message
+    assert time.perf_counter() - start < 30  # the receiver did not wait for its 60 s timeout
