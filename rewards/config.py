@@ -63,9 +63,9 @@ class RewardConfig:
     code_extraction: str = "last_python_block"
     code_test_timeout_s: float = 10.0  # wall clock, per test (one assert / check / io case)
     code_total_timeout_s: float = 30.0  # wall clock, whole program (all tests)
-    code_memory_mb: int = 1024  # address space per process, and resident total of the sandbox
+    code_memory_mb: int = 1024  # address space per process, and the whole sandbox: its cgroup limit (else resident total)
     code_output_cap_bytes: int = 1 << 20  # captured stdout/stderr per test; beyond it: output_limit
-    code_max_processes: int = 16  # RLIMIT_NPROC of the sandbox user
+    code_max_processes: int = 16  # RLIMIT_NPROC of the sandbox user, and pids.max of its cgroup
     code_max_open_files: int = 64  # RLIMIT_NOFILE
     code_max_file_mb: int = 16  # RLIMIT_FSIZE (largest file the program may write)
     code_disk_mb: int = 64  # size of the private working folder (namespace mode)
