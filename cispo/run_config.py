@@ -19,9 +19,14 @@ class ModelConfig:
     """``path``: ``tiny``, ``tiny-tied``, ``smollm2-135m`` (built locally, no network) or an HF folder."""
 
     path: str = "tiny"
+    """``tiny``, ``tiny-tied``, ``smollm2-135m`` (built locally from pip packages, no network) or the path of
+    a Hugging Face model folder; chosen by the ``model`` group."""
     dtype: Literal["float32", "bfloat16"] = "float32"
+    """Weights of the trainer and the engines. fp32 on CPUs without bf16 matmul units (bf16 is slower there)."""
     seed: int = 0
+    """Initial weights of the built-in random models (``tiny``); ignored for real models."""
     cache_dir: str | None = None
+    """Where built and warm-started models are cached; null = ``~/.cache/cispo/models``."""
     warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
     """Optional supervised warm start on the training task before RL (see cispo/warmstart.py)."""
 
@@ -36,7 +41,10 @@ class AlgorithmConfig:
     advantage: str = "grpo"
     """Advantage estimator: grpo (group mean/std), dr_grpo (mean only), rloo."""
     advantage_eps: float = 1e-6
+    """Added to the std in the advantage's denominator (verl's 1e-6; TRL uses 1e-4)."""
     advantage_options: dict[str, Any] = field(default_factory=dict)
+    """Options of the estimator, checked at load (``grpo``: std_unbiased, batch_std, norm_by_std; see
+    docs/algorithms.md)."""
     dynamic_sampling: bool = True
     """DAPO's dynamic sampling (also used by M1): drop groups with zero reward variance, refill."""
     max_gen_rounds: int = 3
@@ -66,11 +74,15 @@ class EvalConfig:
     k: int = 4
     """Samples per problem (avg@k, pass@k, maj@k). M1 uses 32 on AIME."""
     temperature: float = 1.0
+    """Sampling temperature of evaluation (M1 and DAPO evaluate AIME at 1.0)."""
     top_p: float = 1.0
+    """Nucleus sampling of evaluation (M1: 0.95 on AIME, DAPO: 0.7)."""
     max_tokens: int = 128
+    """Response budget per sample; a truncated response is scored as it is (usually wrong)."""
     sets: list[str] = field(default_factory=lambda: ["heldout"])
     """Names of eval sets defined in ``data.eval``; ``heldout`` is the training task's held-out split."""
     at_start: bool = True
+    """Evaluate the starting policy as step 0 (skipped when a run resumes)."""
 
 
 @dataclass
@@ -97,11 +109,14 @@ class RayConfig:
     """Each worker group (rollout, trainer) is reserved as one placement group with this strategy;
     None schedules actors one by one."""
     placement_timeout_s: float = 300.0
+    """Seconds to wait for the cluster to grant each placement group before failing with what was asked."""
 
 
 @dataclass
 class CheckpointConfig:
     save_every: int = 10
+    """Checkpoint every N steps (0 = only at the end); also at the last step and on SIGTERM / SIGINT."""
     keep_last: int = 2
+    """Complete checkpoints kept; older ones are removed (renamed aside first, so a kill leaves none half-deleted)."""
     resume: str = "auto"
     """``auto`` (latest complete checkpoint of the run folder), ``none``, or a checkpoint path."""

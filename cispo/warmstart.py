@@ -30,10 +30,13 @@ class WarmStartConfig:
     steps: int = 0
     """Optimizer steps of supervised training; 0 = no warm start."""
     batch_size: int = 32
+    """Rows per supervised step."""
     lr: float = 3e-3
+    """AdamW learning rate of the warm start (the tiny model needs a large one; SmolLM2 uses 5e-5)."""
     response: str = "\\boxed{{answer}}"
     """The target response; ``{answer}`` is replaced by the row's ground truth."""
     seed: int = 0
+    """Order of the warm-start rows; the result is cached by model, data and these settings."""
 
     def __post_init__(self) -> None:
         if self.steps < 0:

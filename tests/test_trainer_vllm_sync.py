@@ -1,8 +1,11 @@
-# Named to run after the other trainer tests: the in-process vLLM engine leaves DeepSpeed's communication
-# backend bound to a torch.distributed group it tears down, so in-process PolicyWorkers created after it fail.
 """Trainer -> vLLM weight sync: after ``export_weights`` -> ``RolloutEngine.update_weights``, the
 log-probs vLLM reports for its own samples equal the trainer's recomputation (fp32, tied head,
-ZeRO-3 gathered weights)."""
+ZeRO-3 gathered weights).
+
+Runs in its own interpreter (``isolated``): an in-process vLLM engine and an in-process DeepSpeed worker
+share torch.distributed, and vLLM's teardown leaves DeepSpeed's backend bound to a group it destroyed,
+so PolicyWorkers created later in the same process would fail.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from cispo.trainer.worker import PolicyWorker
 from rollout.config import EngineConfig, SamplingConfig
 from rollout.models import prepare_model
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.isolated]
 
 PROMPTS = [[5, 17, 42, 8], [9, 3, 77, 21, 30]]
 TOLERANCE = 1e-4

@@ -185,7 +185,7 @@ def test_non_finite_loss_skips_the_step_and_keeps_state(tiny, vocab, stage, prec
         for key, value in entry.items():
             assert torch.equal(after[name][key], value), (name, key)
     assert worker.scheduler_state()["last_epoch"] == sched["last_epoch"]
-    assert worker.update(batch)["optimizer_steps"] == 1  # training goes on
+    assert worker.update(batch)["actor/optimizer_steps"] == 1  # training goes on
 
 
 @pytest.mark.parametrize(("stage", "precision"), [(2, "fp32"), (0, "bf16"), (3, "fp32")])

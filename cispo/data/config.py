@@ -211,11 +211,14 @@ class DataConfig:
     """Training mixture (concatenated in order), named eval sets, prompt rendering and the sampler seed."""
 
     train: list[DatasetSpec] = field(default_factory=_default_train)
+    """The training mixture: datasets concatenated in order (fields: docs/data.md)."""
     eval: dict[str, DatasetSpec] = field(default_factory=_default_eval)
+    """Named eval sets; ``eval.sets`` picks which ones a run evaluates."""
     prompt: PromptConfig = field(default_factory=PromptConfig)
     seed: int = 0
     """Seed of the training sampler's per-epoch shuffle."""
     shuffle: bool = True
+    """Reshuffle the training rows every epoch (seeded by ``data.seed``); false keeps file order."""
 
     def __post_init__(self) -> None:
         if not self.train:

@@ -30,14 +30,14 @@ class TrainerConfig:
     # fp32 by default: CPUs without bf16 matmul units (AVX2-only, e.g. the 2-core dev machines)
     # run bf16 GEMMs 3-60x slower than fp32. Use bf16 on GPUs and AVX512-BF16/AMX CPUs.
     precision: str = "fp32"
-    gradient_checkpointing: bool = False
-    world_size: int = 1
-    seed: int = 0
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more time
+    world_size: int = 1  # data-parallel ranks (Ray actors, one DeepSpeed process each)
+    seed: int = 0  # derived from the run's seed
     # Torch intra-op threads per rank; 0 = the machine's cores divided by world_size.
     torch_threads: int = 0
     # Ray resources of one rank (TrainerGroup); fractions let two ranks share a small machine.
     num_cpus_per_rank: float = 1.0
-    num_gpus_per_rank: float = 0.0
+    num_gpus_per_rank: float = 0.0  # GPUs per rank (1.0 on GPU machines)
     # Custom Ray resources per rank (e.g. {"trainer_node": 1} to pin ranks to the nodes started with
     # `ray start --resources='{"trainer_node": 8}'`).
     resources_per_rank: dict[str, float] = field(default_factory=dict)
@@ -46,24 +46,24 @@ class TrainerConfig:
 
     # Optimizer: AdamW with MiniMax-M1's betas and eps (their gradients were 1e-18..1e-5).
     lr: float = 1e-6
-    weight_decay: float = 0.01
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    adam_eps: float = 1e-15
+    weight_decay: float = 0.01  # AdamW decoupled weight decay
+    adam_beta1: float = 0.9  # MiniMax-M1
+    adam_beta2: float = 0.95  # MiniMax-M1
+    adam_eps: float = 1e-15  # MiniMax-M1: its gradients were 1e-18..1e-5, so the usual 1e-8 swamped them
     # Global-norm clipping; 0 disables it.
     grad_clip: float = 1.0
     # Linear warm-up from 0 over warmup_steps optimizer steps, then constant or cosine decay to
     # min_lr_ratio * lr at total_steps (cosine only).
     warmup_steps: int = 0
-    lr_schedule: str = "constant"
-    total_steps: int = 1000
-    min_lr_ratio: float = 0.0
+    lr_schedule: str = "constant"  # constant (DAPO, M1) or cosine
+    total_steps: int = 1000  # optimizer steps the LR schedule spans (derived from the run)
+    min_lr_ratio: float = 0.0  # cosine decays to min_lr_ratio * lr at the last optimizer step
 
     # Batch geometry, in responses (rows). batch_size is the rollout batch one update() receives
     # across all ranks; it must be split evenly into mini-batches and each mini-batch across ranks.
     batch_size: int = 64
-    mini_batch_size: int = 64
-    ppo_epochs: int = 1
+    mini_batch_size: int = 64  # responses per optimizer step; batch / mini_batch steps per rollout batch
+    ppo_epochs: int = 1  # passes over the rollout batch (each pass: all its mini-batches)
     # Padded tokens (rows x longest row) per micro-batch on one rank: bounds activation memory.
     micro_batch_max_tokens: int = 4096
     # Response tokens per LM-head chunk: bounds the [chunk, vocab] logits held at once.
@@ -78,15 +78,15 @@ class TrainerConfig:
     # the IS-weight / ratio clip range is [1 - eps_low, 1 + eps_high]. CISPO default: weight in
     # [0, 5] (ScaleRL / SkyRL; MiniMax-M1 publishes no value).
     loss: str = "cispo"
-    eps_low: float = 1.0
-    eps_high: float = 4.0
+    eps_low: float = 1.0  # clip range [1 - eps_low, 1 + eps_high], an offset from 1 for every loss
+    eps_high: float = 4.0  # CISPO default: IS weight in [0, 5] (SkyRL; ScaleRL caps 4-8 equivalent)
     # None = the loss's own default aggregation (cispo/dapo: token-mean, grpo: seq-mean-token-mean).
     agg: str | None = None
     # Constant divisor of seq-mean-token-sum-norm (Dr. GRPO); None = the padded width of the batch.
     loss_token_budget: float | None = None
     # KL to a frozen reference model (GRPO); the reference is loaded only when kl_coef > 0.
     kl_coef: float = 0.0
-    kl_estimator: str = "k3"
+    kl_estimator: str = "k3"  # k1, k2 or k3 (DeepSeekMath: k3), see docs/algorithms.md
     # None: k3 unclamped, as in DeepSeekMath, TRL and slime. A number c clamps k3 to [-c, c] (and the
     # log-ratio inside it to +-20), verl's choice (c = 10): where it binds, the most-diverged tokens lose
     # their KL gradient.
