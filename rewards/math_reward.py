@@ -231,16 +231,26 @@ def score_math(response: Any, ground_truth: Any, cfg: RewardConfig, *, verify: V
 _VERDICT_REASON = {S_EQUAL: R.CORRECT, MULTIPLE: R.MULTIPLE_ANSWERS, TIMED_OUT: R.TIMEOUT}
 
 
+def _final_candidates(response: Any, cfg: RewardConfig) -> tuple[list[Any], RewardResult | None]:
+    """The answers a response writes, or the result that refuses it: no answer at all, or a final answer
+    that is one side of an "or" (both strict scorers start here)."""
+    candidates = answer_candidates(response, cfg.math_formats, think=cfg.strip_think) if isinstance(response, str) else None
+    if not candidates:
+        return [], _result(cfg, False, None, R.NO_ANSWER)
+    if not cfg.math_allow_multiple_answers and hedged_around(response, cfg.math_formats, think=cfg.strip_think):
+        return candidates, _result(cfg, False, candidates[-1].text, R.MULTIPLE_ANSWERS,
+                                   "the final answer is one side of an 'or'")
+    return candidates, None
+
+
 def _score_math_strict(response: Any, ground_truth: Any, cfg: RewardConfig, *, verify: VerifyFn) -> RewardResult:
     gold = normalize_gold(ground_truth)
     if gold is None:
         return R.RewardResult(cfg.wrong_reward, False, None, R.BAD_GROUND_TRUTH, f"unusable ground truth {_show(ground_truth)}")
-    candidates = answer_candidates(response, cfg.math_formats, think=cfg.strip_think) if isinstance(response, str) else None
-    if not candidates:
-        return _result(cfg, False, None, R.NO_ANSWER)
+    candidates, refused = _final_candidates(response, cfg)
+    if refused is not None:
+        return refused
     extracted = candidates[-1].text
-    if not cfg.math_allow_multiple_answers and hedged_around(response, cfg.math_formats, think=cfg.strip_think):
-        return _result(cfg, False, extracted, R.MULTIPLE_ANSWERS, "the final answer is one side of an 'or'")
     opts = strict_options(cfg)
     distinct: list[str] = []
     keys: set[str] = set()
@@ -338,12 +348,10 @@ def _score_aime_strict(response: Any, ground_truth: Any, cfg: RewardConfig) -> R
             cfg.wrong_reward, False, None, R.BAD_GROUND_TRUTH,
             f"AIME ground truth must be an integer in [{cfg.aime_min}, {cfg.aime_max}], got {_show(ground_truth)}",
         )
-    candidates = answer_candidates(response, cfg.math_formats, think=cfg.strip_think) if isinstance(response, str) else None
-    if not candidates:
-        return _result(cfg, False, None, R.NO_ANSWER)
+    candidates, refused = _final_candidates(response, cfg)
+    if refused is not None:
+        return refused
     extracted = candidates[-1].text
-    if not cfg.math_allow_multiple_answers and hedged_around(response, cfg.math_formats, think=cfg.strip_think):
-        return _result(cfg, False, extracted, R.MULTIPLE_ANSWERS, "the final answer is one side of an 'or'")
     parsed = [parse_aime_strict(c.text, digits) for c in candidates]
     pred, why = parsed[-1]
     if not cfg.math_allow_multiple_answers and len({answer_key(c.text) for c in candidates}) > 1:
