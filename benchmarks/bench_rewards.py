@@ -162,7 +162,7 @@ def bench_code(limit: int | None) -> list[str]:
     if no_bad:
         lines.append(f"MBPP rows without a recognisable entry point (no broken version): {no_bad}")
     lines += ["", "Mismatches:" if failures else "Mismatches: none.", *failures, ""]
-    return lines + bench_leetcode_nodes(cfg)
+    return lines + (bench_leetcode_nodes(cfg) if limit is None else [])
 
 
 def bench_leetcode_nodes(cfg: RewardConfig) -> list[str]:

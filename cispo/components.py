@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,11 @@ from cispo.checkpoint import CheckpointManager, capture_rng_state, restore_rng_s
 from cispo.config import TrainConfig, to_dict
 from cispo.console import LOG_LEVELS
 from cispo.data import PromptRow, PromptSampler, encode_prompts, load_data
+from cispo.data.loading import LoadedData
 from cispo.evaluation.metrics import EvalMetrics
 from cispo.evaluation.runner import evaluate_dataset
 from cispo.fault_tolerance import checkpoint_write_guard
+from cispo.handles import RolloutHandle, TrainerHandle
 from cispo.placement import bundle, release, reserve
 from cispo.tracking import MetricsLogger
 from cispo.warmstart import warm_start
@@ -73,59 +76,92 @@ def reserve_workers(cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
+@dataclass
+class RunFolder:
+    """The run folder, its checkpoints and the state of the checkpoint a run resumes from (if any)."""
+
+    path: Path
+    checkpoints: CheckpointManager
+    resume_from: Path | None
+    state: dict[str, Any] | None
+
+
+def open_run_folder(cfg: TrainConfig) -> RunFolder:
+    path = Path(cfg.run_dir).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path / CONFIG_FILE, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    checkpoints = CheckpointManager(path, keep_last=cfg.checkpoint.keep_last)
+    resume_from = checkpoints.find_resume(cfg.checkpoint.resume)
+    state = json.loads((resume_from / STATE_FILE).read_text()) if resume_from else None
+    return RunFolder(path, checkpoints, resume_from, state)
+
+
+def prepare_policy(cfg: TrainConfig, data: LoadedData) -> tuple[Path, Any]:
+    """The starting policy's HF folder (built, or warm-started on the training task) and its tokenizer."""
+    from transformers import AutoTokenizer
+
+    from rollout.models import default_cache_dir, prepare_model
+
+    model_path = prepare_model(cfg.model.path, cfg.model.cache_dir, dtype=cfg.model.dtype, seed=cfg.model.seed)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    if cfg.model.warmstart.steps:
+        cache = Path(cfg.model.cache_dir) if cfg.model.cache_dir else default_cache_dir()
+        model_path = warm_start(model_path, data.train, cfg.data.prompt, cfg.model.warmstart, cache)
+    return model_path, tokenizer
+
+
+def start_workers(cfg: TrainConfig, model_path: Path) -> tuple[TrainerHandle, RolloutHandle, dict[str, Any]]:
+    """The trainer and rollout groups on their placement groups (Ray must be up)."""
+    from cispo.trainer.group import TrainerGroup
+    from rollout.group import RolloutGroup
+
+    placement_groups = reserve_workers(cfg)
+    ft = cfg.fault_tolerance
+    trainer = TrainerGroup(cfg.trainer, model_path, placement_group=placement_groups["trainer"],
+                           call_timeout_s=ft.call_timeout_s)
+    engine_cfg = dataclasses.replace(cfg.rollout.engine, model=str(model_path))
+    group_cfg = cfg.rollout.group if cfg.rollout.group.generate_timeout_s is not None else \
+        dataclasses.replace(cfg.rollout.group, generate_timeout_s=ft.call_timeout_s)  # a hang is a failure
+    rollout = RolloutGroup(engine_cfg, group_cfg, placement_group=placement_groups["rollout"])
+    if group_cfg.weight_sync == "collective":  # form the channel now: a wiring problem fails at start-up
+        trainer.connect_weight_channel(rollout)
+    return trainer, rollout, placement_groups
+
+
+def open_logger(cfg: TrainConfig, run_dir: Path, resume_step: int | None) -> MetricsLogger:
+    return MetricsLogger(run_dir, wandb_mode=cfg.logger.wandb_mode, project=cfg.logger.project, run_name=cfg.name,
+                         config=to_dict(cfg), console=cfg.logger.console, resume_step=resume_step,
+                         total_steps=cfg.total_steps)
+
+
 class Components:
+    """Everything the loop drives, built in order: run folder, data, policy, Ray and the workers, the
+    resumed state, the metrics logger."""
+
+    trainer: TrainerHandle
+    rollout: RolloutHandle
+
     def __init__(self, cfg: TrainConfig) -> None:
-        from rollout.models import prepare_model
-
         self.cfg = cfg
-        self.run_dir = Path(cfg.run_dir).resolve()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.run_dir / CONFIG_FILE, yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        self.checkpoints = CheckpointManager(self.run_dir, keep_last=cfg.checkpoint.keep_last)
-        self.resume_from = self.checkpoints.find_resume(cfg.checkpoint.resume)
-        state = json.loads((self.resume_from / STATE_FILE).read_text()) if self.resume_from else None
-
-        self.model_path = prepare_model(cfg.model.path, cfg.model.cache_dir, dtype=cfg.model.dtype, seed=cfg.model.seed)
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_path))
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        self.pad_token_id = int(pad)
+        folder = open_run_folder(cfg)
+        self.run_dir, self.checkpoints, self.resume_from = folder.path, folder.checkpoints, folder.resume_from
         self.data = load_data(cfg.data)
         log.info("data: %s", self.data.summary())
-        if cfg.model.warmstart.steps:
-            from rollout.models import default_cache_dir
-
-            cache = Path(cfg.model.cache_dir) if cfg.model.cache_dir else default_cache_dir()
-            self.model_path = warm_start(self.model_path, self.data.train, cfg.data.prompt, cfg.model.warmstart, cache)
+        self.model_path, self.tokenizer = prepare_policy(cfg, self.data)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.pad_token_id = int(pad)
         self.sampler: PromptSampler[PromptRow] = PromptSampler(self.data.train, seed=cfg.data.seed,
                                                               shuffle=cfg.data.shuffle)
-
         self.owns_ray = init_ray(cfg)
-        from cispo.trainer.group import TrainerGroup
-        from rollout.group import RolloutGroup
-
-        self.placement_groups = reserve_workers(cfg)
-        ft = cfg.fault_tolerance
-        self.trainer = TrainerGroup(cfg.trainer, self.model_path, placement_group=self.placement_groups["trainer"],
-                                    call_timeout_s=ft.call_timeout_s)
-        engine_cfg = dataclasses.replace(cfg.rollout.engine, model=str(self.model_path))
-        group_cfg = cfg.rollout.group if cfg.rollout.group.generate_timeout_s is not None else \
-            dataclasses.replace(cfg.rollout.group, generate_timeout_s=ft.call_timeout_s)  # a hang is a failure
-        self.rollout = RolloutGroup(engine_cfg, group_cfg, placement_group=self.placement_groups["rollout"])
-        if group_cfg.weight_sync == "collective":  # form the channel now: a wiring problem fails at start-up
-            self.trainer.connect_weight_channel(self.rollout)
-
+        self.trainer, self.rollout, self.placement_groups = start_workers(cfg, self.model_path)
         self.start_step, self.elapsed = 0, 0.0
-        if state is not None:
-            self._restore(state)
-        self.logger = MetricsLogger(self.run_dir, wandb_mode=cfg.logger.wandb_mode, project=cfg.logger.project,
-                                    run_name=cfg.name, config=to_dict(cfg), console=cfg.logger.console,
-                                    resume_step=self.start_step if state is not None else None,
-                                    total_steps=cfg.total_steps)
-        if state is not None and state.get("metrics") and (self.logger.last_record or {}).get("step", -1) < self.start_step:
+        if folder.state is not None:
+            self._restore(folder.state)
+        self.logger = open_logger(cfg, self.run_dir, self.start_step if folder.state is not None else None)
+        if folder.state is not None and folder.state.get("metrics") and \
+                (self.logger.last_record or {}).get("step", -1) < self.start_step:
             # Crash between the checkpoint and its metrics line: the checkpoint carries the line.
-            self.logger.log(self.start_step, state["metrics"])
+            self.logger.log(self.start_step, folder.state["metrics"])
 
     # ---- the pieces the loop calls ----------------------------------------------------------------
     def encode(self, rows: list[PromptRow]) -> list[list[int]]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import platform
 import textwrap
+import time
 
 import pytest
 
@@ -40,6 +41,9 @@ def run(program: str, gt: dict, cfg: RewardConfig = CFG):
     cfg = unique(cfg)
     result = score("code", fence(program), gt, config=cfg)
     if IS_ROOT and cfg.code_drop_privileges:
+        deadline = time.monotonic() + 2.0  # SIGKILLed processes take a moment to disappear
+        while processes_of(cfg.code_uid_range[0]) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert processes_of(cfg.code_uid_range[0]) == [], "sandbox processes outlived the run"
     return result
 
@@ -403,3 +407,21 @@ def test_honest_programs_pass(name: str) -> None:
     program, gt = CONTROLS[name]
     result = run(program, gt)
     assert result.correct, (name, result)
+
+
+# ----------------------------------------------------------------------------- without namespaces or cgroups
+def test_class_one_attacks_fail_in_plain_mode_too() -> None:
+    """The judge does not depend on the isolation mode: the same attacks fail in plain mode."""
+    plain = CFG.replace(code_use_namespaces=False)
+    for group in (ANSWER_ANYTHING, REPORT_A_PASS, READ_EXPECTED, PATCH_HELPERS):
+        for name, (program, gt) in group.items():
+            result = run(program, gt, plain)
+            assert not result.correct, (name, result)
+
+
+@pytest.mark.parametrize("namespaces", [True, False], ids=["namespaces", "plain"])
+def test_exited_leader_is_found_without_cgroups(namespaces: bool) -> None:
+    """Without a cgroup the sweep reads /proc: a zombie leader with live threads counts as alive."""
+    cfg = SMALL.replace(code_use_cgroups=False, code_use_namespaces=namespaces)
+    result = run(ZOMBIE_LEADER["thread outlives its exited leader"], {"asserts": ["assert f() == 1"]}, cfg)
+    assert (result.correct, result.reason) == (False, "runtime_error") and "left running" in result.detail, result
