@@ -7,6 +7,7 @@ benchmark uses them too. Each `*_ground_truth` returns the dict `score("code", .
 
 from __future__ import annotations
 
+import ast
 import re
 from typing import Any
 
@@ -98,7 +99,25 @@ _CHECK_CALL = re.compile(r"^check\((.+)\)\s*$")
 
 
 def humaneval_ground_truth(row: dict[str, Any]) -> dict[str, Any]:
-    return {"check": row["test"], "entry_point": row["entry_point"]}
+    """The check, plus the prompt's helpers (imports, `poly`, `encode_cyclic`, ...) as trusted-only
+    setup: a test that calls a helper by name then calls the data set's, not the program's."""
+    gt: dict[str, Any] = {"check": row["test"], "entry_point": row["entry_point"]}
+    helpers = prompt_helpers(row["prompt"], row["entry_point"])
+    if helpers:
+        gt["test_setup"] = helpers
+    return gt
+
+
+def prompt_helpers(prompt: str, entry_point: str) -> str:
+    """The prompt's code without the function the model must write (empty if it has nothing else)."""
+    try:
+        tree = ast.parse(prompt)
+    except SyntaxError:
+        return ""
+    keep = [n for n in tree.body
+            if not (isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == entry_point)
+            and not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+    return ast.unparse(ast.Module(body=keep, type_ignores=[])) if keep else ""
 
 
 def humaneval_reference(row: dict[str, Any]) -> str:

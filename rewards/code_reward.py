@@ -5,7 +5,8 @@ Ground truth forms (a dict, or the same dict as a JSON string):
   is one test (MBPP). `setup` runs on both sides: in the sandbox before the program, and in the
   trusted judge before the tests.
 - `{"check": "def check(candidate): ...", "entry_point": "f", "setup": ...}`: one test
-  (HumanEval, LeetCode). `entry_point` may be `name`, `Solution.method` or `Solution().method`
+  (HumanEval, LeetCode). Asserts and check may add `test_setup`: code run only on the trusted
+  side, after `setup` (HumanEval: the prompt's helpers, so `poly` is the data set's). `entry_point` may be `name`, `Solution.method` or `Solution().method`
   (then the candidate is the method bound to a fresh instance); when the check source calls
   `check(...)` itself at top level, that call is the test.
 - `{"io": [{"input": "...", "output": "..."}, ...]}`: stdin/stdout cases (Codeforces); the
@@ -55,6 +56,7 @@ class CodeTests:
     payload: dict[str, Any]
     outputs: tuple[str, ...] = ()
     trusted: tuple[TrustedTest, ...] = ()
+    test_setup: str = ""  # trusted side only, after `setup`
 
     @property
     def count(self) -> int:
@@ -94,7 +96,12 @@ def parse_ground_truth(ground_truth: Any) -> CodeTests:
     if len(forms) != 1:
         raise BadGroundTruth(f"ground_truth must have exactly one of 'asserts', 'check', 'io'; has {sorted(gt)}")
     setup = _str_field(gt, "setup", required=False)
+    test_setup = _str_field(gt, "test_setup", required=False)
     form = forms[0]
+    if test_setup:
+        if form == "io":
+            raise BadGroundTruth("ground_truth['test_setup'] applies to 'asserts' and 'check' only")
+        _trusted(test_setup, "test_setup")
     if form == "asserts":
         asserts = gt["asserts"]
         if not isinstance(asserts, (list, tuple)) or not asserts or not all(isinstance(a, str) and a.strip() for a in asserts):
@@ -103,7 +110,7 @@ def parse_ground_truth(ground_truth: Any) -> CodeTests:
             _trusted(setup, "setup")
         for i, src in enumerate(asserts):
             _trusted(src, f"asserts[{i}]")
-        return CodeTests({"form": "calls", "setup": setup}, trusted=tuple(TrustedTest(a) for a in asserts))
+        return CodeTests({"form": "calls", "setup": setup}, trusted=tuple(TrustedTest(a) for a in asserts), test_setup=test_setup)
     if form == "check":
         check = _str_field(gt, "check", required=True)
         entry_point = gt.get("entry_point")
@@ -112,7 +119,8 @@ def parse_ground_truth(ground_truth: Any) -> CodeTests:
         if setup:
             _trusted(setup, "setup")
         _trusted(check, "check")
-        return CodeTests({"form": "calls", "setup": setup}, trusted=(TrustedTest(check, entry_point, is_check=True),))
+        return CodeTests({"form": "calls", "setup": setup}, trusted=(TrustedTest(check, entry_point, is_check=True),),
+                         test_setup=test_setup)
     cases = gt["io"]
     if not isinstance(cases, (list, tuple)) or not cases:
         raise BadGroundTruth("ground_truth['io'] must be a non-empty list of {'input', 'output'} cases")
@@ -174,7 +182,8 @@ def score_code(response: Any, ground_truth: Any, cfg: RewardConfig) -> RewardRes
         return RewardResult(cfg.wrong_reward, False, None, R.NO_ANSWER, "no code block found")
     plan = None
     if tests.trusted:
-        plan = sandbox.TrustedPlan(tests.trusted, tests.payload.get("setup") or "", not cfg.code_partial_credit)
+        setup = "\n".join(part for part in (tests.payload.get("setup"), tests.test_setup) if part)
+        plan = sandbox.TrustedPlan(tests.trusted, setup, not cfg.code_partial_credit)
     report = sandbox.run_program(program, tests.payload, cfg, plan)
     return judge(report, tests, program, cfg)
 

@@ -185,3 +185,18 @@ def test_leetcode_prelude_helpers() -> None:
     assert not score("code", fence(program), wrong_tree).correct
     # pow keeps its three-argument builtin meaning under the prelude
     assert score("code", fence("def f():\n    return pow(3, 4, 5)"), {"asserts": ["assert f() == 1"], "setup": code_data.LEETCODE_PRELUDE}).correct
+
+
+def test_humaneval_helpers_are_the_data_sets() -> None:
+    """HumanEval/32's check calls `poly` by name: the trusted copy from the prompt, not the program's."""
+    with gzip.open(CODE / "HumanEval.jsonl.gz", "rt") as fh:
+        row = [json.loads(line) for line in fh][32]
+    gt = code_data.humaneval_ground_truth(row)
+    assert "def poly" in gt["test_setup"] and "def find_zero" not in gt["test_setup"]
+    reference = code_data.humaneval_reference(row)
+    assert score("code", fence(reference), gt).correct
+    cheat = reference + "\n\ndef poly(xs, x):\n    return 0.0\n\ndef find_zero(xs):\n    return 0.0\n"
+    assert score("code", fence(cheat), gt).reason == "wrong_answer"
+    assert code_data.prompt_helpers("from typing import List\n\ndef f(x: List[int]):\n    '''doc'''\n", "f") == "from typing import List"
+    with pytest.raises(BadGroundTruth, match="test_setup"):
+        parse_ground_truth({"io": [{"input": "", "output": ""}], "test_setup": "x = 1"})
