@@ -332,9 +332,32 @@ class Judge:
         raise NameError(f"entry point {entry!r} is not defined")
 
 
+def _uses_a_name(node: ast.AST) -> bool:
+    """Whether an expression reads any name that is not a builtin (a variable, a program function)."""
+    return any(isinstance(n, ast.Name) and not hasattr(builtins, n.id) for n in ast.walk(node))
+
+
+def _builtins_under_test(tree: ast.Module) -> frozenset[str]:
+    """Builtin names an assert calls as the function under test: the outermost call of a side of
+    the comparison, on arguments made of literals and builtins only (MBPP's `assert sum(10, 15) == 6`
+    tests a program's `sum`; in `assert sorted(f()) == [...]` or `len(x)` the builtin stays)."""
+    found: set[str] = set()
+    for stmt in tree.body:
+        if not isinstance(stmt, ast.Assert):
+            continue
+        for cmp in [n for n in ast.walk(stmt.test) if isinstance(n, ast.Compare)]:
+            for side in [cmp.left, *cmp.comparators]:
+                if (isinstance(side, ast.Call) and isinstance(side.func, ast.Name) and hasattr(builtins, side.func.id)
+                        and not any(_uses_a_name(a) for a in [*side.args, *side.keywords])):
+                    found.add(side.func.id)
+    return frozenset(found)
+
+
 @functools.lru_cache(maxsize=256)
 def compile_trusted(source: str, filename: str) -> tuple[Any, frozenset[str], bool]:
-    """(code, names the code reads but never binds at module level, calls check() itself)."""
+    """(code, names to look up in the program, calls check() itself). The names: those the code
+    reads but never binds and that are not builtins, plus builtins called as the function under
+    test (`_builtins_under_test`)."""
     tree = ast.parse(source, filename)
     bound: set[str] = set()
     for node in tree.body:
@@ -350,7 +373,7 @@ def compile_trusted(source: str, filename: str) -> tuple[Any, frozenset[str], bo
         and isinstance(node.value.func, ast.Name) and node.value.func.id == "check"
         for node in tree.body
     )
-    free = frozenset(n for n in loaded - bound - stored if not hasattr(builtins, n))
+    free = frozenset(n for n in loaded - bound - stored if not hasattr(builtins, n)) | _builtins_under_test(tree)
     return compile(tree, filename, "exec"), free, self_invoking
 
 

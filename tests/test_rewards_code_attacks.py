@@ -425,3 +425,12 @@ def test_exited_leader_is_found_without_cgroups(namespaces: bool) -> None:
     cfg = SMALL.replace(code_use_cgroups=False, code_use_namespaces=namespaces)
     result = run(ZOMBIE_LEADER["thread outlives its exited leader"], {"asserts": ["assert f() == 1"]}, cfg)
     assert (result.correct, result.reason) == (False, "runtime_error") and "left running" in result.detail, result
+
+
+def test_shadowed_builtins() -> None:
+    """A program's `sum` is tested when the assert tests `sum` (MBPP 126); a program's `sorted` never
+    replaces the builtin that a test applies to the program's result."""
+    assert run("def sum(a, b):\n    return a + b", {"asserts": ["assert sum(10, 15) == 25"]}).correct
+    assert not run("def sum(a, b):\n    return a - b", {"asserts": ["assert sum(10, 15) == 25"]}).correct
+    cheat = "def sorted(xs, **kw):\n    return [1, 2, 3]\ndef f():\n    return [9]"
+    assert run(cheat, {"asserts": ["assert sorted(f()) == [1, 2, 3]"]}).reason == "wrong_answer"
