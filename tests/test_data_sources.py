@@ -338,3 +338,18 @@ def test_relative_paths_resolve_against_the_checkout_from_any_folder(tmp_path, m
     assert len(load_prompt_dataset(DatasetSpec(path="data/eval/aime2024.jsonl", source="aime")).rows) == 1
     with pytest.raises(FileNotFoundError, match=r"nope\.jsonl: data file not found \(looked for .*nope\.jsonl or "):
         resolve_data_path("nope.jsonl")
+
+
+def test_a_hub_dataset_id_or_dataset_folder_loads_through_datasets(tmp_path):
+    """`hub:` goes to `datasets.load_dataset`; a local dataset folder exercises the same call offline."""
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    rows = [{"question": f"What is {i} + 1?", "answer": str(i + 1), "uid": f"q{i}"} for i in range(5)]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = DatasetSpec(hub=str(folder), hub_split="train", columns=ColumnMap(prompt="question", ground_truth="answer", id="uid"))
+    loaded = load_prompt_dataset(spec).rows
+    assert [(r.prompt, r.ground_truth, r.id) for r in loaded] == [(r["question"], r["answer"], r["uid"]) for r in rows]
+    with pytest.raises(ValueError, match="expected exactly one of them"):
+        DatasetSpec(path="data/eval/aime2024.jsonl", hub="org/name")
+    with pytest.raises(ValueError, match=r"hub dataset '.*missing' \(split 'train'\) could not be loaded"):
+        load_prompt_dataset(DatasetSpec(hub=str(tmp_path / "missing"), columns=ColumnMap(prompt="q", ground_truth="a")))

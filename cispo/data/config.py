@@ -121,6 +121,12 @@ class DatasetSpec:
     """
 
     path: str | None = None
+    """A local file: absolute, or relative to the working folder, then to the cispo checkout (``data/...``)."""
+    hub: str | None = None
+    """Instead of ``path``: a Hugging Face dataset id (or a dataset folder), loaded with ``datasets.load_dataset``.
+    Needs network access or a filled cache; cispo itself never downloads at run time."""
+    hub_split: str = "train"
+    """The split of the ``hub`` dataset."""
     source: str | None = None
     name: str | None = None
     """Label written into every row's `data_source`; `None` uses the source's name."""
@@ -146,14 +152,17 @@ class DatasetSpec:
 
     def __post_init__(self) -> None:
         if self.source == "arithmetic":
-            if self.path is not None:
+            if self.path is not None or self.hub is not None:
                 raise ValueError(f"path={self.path!r}: the arithmetic source is synthetic and takes no path")
             if self.heldout_fraction != 0.0:
                 raise ValueError(
                     f"heldout_fraction={self.heldout_fraction!r}: the arithmetic source splits by "
                     "arithmetic.num_train / arithmetic.num_heldout; leave heldout_fraction at 0"
                 )
-        elif not isinstance(self.path, str) or not self.path:
+        elif (self.path is None) == (self.hub is None):
+            raise ValueError(f"path={self.path!r}, hub={self.hub!r}: expected exactly one of them (a local data file "
+                             "or a Hugging Face dataset id)")
+        elif not isinstance(self.path or self.hub, str) or not (self.path or self.hub):
             raise ValueError(f"path={self.path!r}: expected the path of a local data file")
         if self.source is not None and (not isinstance(self.source, str) or not self.source):
             raise ValueError(f"source={self.source!r}: expected a source name or null")

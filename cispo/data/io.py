@@ -92,6 +92,20 @@ def resolve_data_path(path: str | Path) -> Path:
     raise FileNotFoundError(f"{path}: data file not found (looked for {tried})")
 
 
+def read_hub_rows(dataset_id: str, split: str, *, cache_dir: str | None = None) -> list[Any]:
+    """All rows of a Hugging Face dataset (or a local dataset folder) as dicts."""
+    import datasets  # deferred: importing datasets costs about a second
+
+    try:
+        table = datasets.load_dataset(dataset_id, split=split, cache_dir=cache_dir)
+    except Exception as exc:  # noqa: BLE001 - datasets raises many types (network, missing split, format)
+        raise ValueError(
+            f"hub dataset {dataset_id!r} (split {split!r}) could not be loaded: {exc}. Without network access, "
+            "download it elsewhere and point `path:` at a local file"
+        ) from exc
+    return table.to_list()
+
+
 def read_rows(path: str | Path, fmt: str | None = None, *, cache_dir: str | None = None) -> list[Any]:
     """All rows of a local file as Python objects (dicts, unless the file is malformed)."""
     path = resolve_data_path(path)

@@ -14,7 +14,7 @@ from typing import Any
 
 from cispo.data.arithmetic import arithmetic_rows
 from cispo.data.config import DataConfig, DatasetSpec
-from cispo.data.io import detect_format, read_rows
+from cispo.data.io import detect_format, read_hub_rows, read_rows
 from cispo.data.sources import ARITHMETIC, GENERIC, FieldError, detect_source, get_source
 from cispo.data.types import BadRow, BadRowError, PromptDataset, PromptRow
 
@@ -27,7 +27,7 @@ def resolve_source(spec: DatasetSpec) -> str:
         return spec.source
     if spec.columns.is_set:
         return GENERIC
-    detected = detect_source(spec.path or "")
+    detected = detect_source(spec.path or spec.hub or "")
     if detected is None:
         raise ValueError(
             f"{spec.path}: cannot tell the data source from the file name; set source: (one of the "
@@ -67,8 +67,12 @@ def load_prompt_dataset(spec: DatasetSpec, *, name: str | None = None) -> Prompt
             f"{spec.path}: the generic source needs columns.prompt and columns.ground_truth "
             f"(got {spec.columns})"
         )
-    path = str(spec.path)
-    raw_rows = read_rows(path, spec.format or detect_format(path), cache_dir=spec.cache_dir)
+    if spec.hub is not None:
+        path = spec.hub
+        raw_rows = read_hub_rows(spec.hub, spec.hub_split, cache_dir=spec.cache_dir)
+    else:
+        path = str(spec.path)
+        raw_rows = read_rows(path, spec.format or detect_format(path), cache_dir=spec.cache_dir)
     reward_kind = spec.reward_kind or source.reward_kind
     template = spec.template or source.template
     heldout = heldout_indices(len(raw_rows), spec.heldout_fraction, spec.split_seed)
