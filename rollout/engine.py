@@ -126,6 +126,8 @@ class RolloutEngine:
         self.vocab_size = int(self.llm.llm_engine.model_config.get_vocab_size())
         self._pending_update: concurrent.futures.Future | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="weight-sync")
+        # Why generation is refused until the next complete update (a streamed update cut part-way).
+        self._stale: str | None = None
         self.weight_version = 0
 
     # ----------------------------------------------------------------- prompts
@@ -218,6 +220,9 @@ class RolloutEngine:
         s = sampling or SamplingConfig()
         s.validate()
         self._check_idle()
+        if self._stale is not None:
+            raise WeightSyncError(f"this engine's weights are a mix of two versions: {self._stale}; "
+                                  "a complete update_weights/receive_weights must come first")
         ids_all, dropped = self.tokenize_prompts(prompts)
         if group_ids is None:
             group_ids = [prompt_offset + i for i in range(len(ids_all))]
@@ -298,6 +303,7 @@ class RolloutEngine:
             ) from e
         except Exception as e:  # noqa: BLE001 - surfaced with context
             raise WeightSyncError(f"weight update failed inside vLLM: {type(e).__name__}: {e}") from e
+        self._stale = None
         self.weight_version += 1
         t1 = time.perf_counter()
         return {
@@ -343,10 +349,13 @@ class RolloutEngine:
             ) from e
         except ValueError:
             raise  # a refused manifest: names the tensor, nothing was loaded
-        except WeightSyncError:
+        except WeightSyncError as e:
+            self._stale = f"a streamed weight update failed part-way ({e})"
             raise
         except Exception as e:  # noqa: BLE001 - surfaced with context
+            self._stale = f"a streamed weight update failed part-way ({type(e).__name__}: {e})"
             raise WeightSyncError(f"streamed weight update failed inside vLLM: {type(e).__name__}: {e}") from e
+        self._stale = None
         self.weight_version += 1
         return stats | {"total_s": time.perf_counter() - t0}
 

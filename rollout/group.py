@@ -232,8 +232,27 @@ class RolloutGroup:
                         raise WeightSyncError(f"{names[ready[0]]} died during a streamed weight sync: {e}") from e
         except Exception:
             self.channel = None
+            self._repair_after_failed_stream()
             raise
         return [stats[r] for r in receivers]
+
+    def _repair_after_failed_stream(self) -> None:
+        """A stream cut part-way leaves engines on a mix of two weight versions (they refuse to
+        generate): give every live actor the trainer's weights through the object store. Best
+        effort: an actor that is gone is replaced (with these weights) when it is next needed."""
+        if self.weights_source is None:
+            return
+        try:
+            ref, _ = self.weights_source()
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            return
+        timeout = self.engine_config.weight_update_timeout_s
+        for r in [a.update_weights.remote(ref, timeout) for a in self.actors]:
+            try:
+                ray.get(r, timeout=timeout * 1.5 + 5.0)
+            except Exception:  # noqa: BLE001 - see above
+                pass
+        self._weights_ref = ref
 
     # ----------------------------------------------------------- weight update
     def update_weights(self, weights: WeightsLike | bytes | tuple[ray.ObjectRef, int] | WeightStream) -> dict[str, float]:

@@ -223,10 +223,37 @@ class WeightSyncExtension:
                 for alias in aliases.get(name, ()):
                     yield alias, t
 
-        def load(stream) -> None:  # noqa: ANN001
-            self.reload_weights(weights_iterator=with_aliases(stream), is_checkpoint_format=True)
+        started = False
 
-        return channel.receive(check, load)
+        def load(stream) -> None:  # noqa: ANN001
+            nonlocal started
+            started = True
+            try:
+                self.reload_weights(weights_iterator=with_aliases(stream), is_checkpoint_format=True)
+            except BaseException:
+                self._cispo_finish_interrupted_reload()
+                raise
+
+        try:
+            return channel.receive(check, load)
+        except ValueError as e:
+            if started:  # only a refusal before loading stays a ValueError ("nothing was loaded")
+                raise WeightSyncError(f"streamed load failed part-way: {type(e).__name__}: {e}") from e
+            raise
+
+    def _cispo_finish_interrupted_reload(self) -> None:
+        """vLLM's layerwise reload moves each layer to the meta device until all its weights have
+        arrived; a stream cut part-way would leave layers there (the engine then fails on every
+        forward). Finalising puts back the old tensors of layers that got nothing and processes the
+        rest: the engine runs again, on a MIX of old and new weights, which the caller must replace
+        with a full update before generating (RolloutEngine refuses to generate until then)."""
+        try:
+            from vllm.model_executor.model_loader.reload.layerwise import finalize_layerwise_reload
+
+            runner = self.model_runner
+            finalize_layerwise_reload(runner.get_model(), runner.vllm_config.model_config)
+        except Exception:  # noqa: BLE001 - the engine stays marked stale either way
+            pass
 
     def cispo_channel_close(self) -> None:
         channel = getattr(self, "_cispo_channel", None)

@@ -51,6 +51,22 @@ class StubSender:
     def stall(self, seconds: float) -> None:
         time.sleep(seconds)
 
+    def send_partly(self, buckets: int) -> None:
+        """The protocol up to `buckets` buckets, then the sender vanishes (its group is aborted)."""
+        import torch
+
+        from rollout.weight_channel import pack_into, plan_buckets
+
+        manifest = [TensorSpec(n, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for n, t in self.weights.items()]
+        self.channel._broadcast_object({"sync": 0, "manifest": manifest})
+        self.channel.agree(False, "manifest check")
+        for bucket in plan_buckets(manifest, self.channel.spec.bucket_bytes)[:buckets]:
+            buf = torch.empty(bucket.nbytes, dtype=torch.uint8)
+            for spec, off in zip(bucket.specs, bucket.offsets):
+                pack_into(spec, off, self.weights[spec.name], buf)
+            self.channel.broadcast(buf, "bucket")
+        self.channel.close()
+
 
 @pytest.fixture(scope="module")
 def cluster():
@@ -152,6 +168,18 @@ def test_a_stalled_sender_times_out_with_a_clear_error(cluster):
     assert _gap(trainer, _rollout_batch(rollout, seed=3)) <= TOLERANCE
 
 
+def test_a_stream_cut_part_way_leaves_no_engine_generating_on_mixed_weights(cluster):
+    trainer, rollout, stub = cluster
+    _connect_stub(rollout, stub)
+    with pytest.raises(WeightSyncError, match="bucket 3/.* broadcast failed"):
+        rollout.update_weights(WeightStream((stub.send_partly.remote(2),)))
+    # The stub gave the group no weights to repair with: the engines refuse to generate.
+    with pytest.raises(WeightSyncError, match="mix of two versions"):
+        _rollout_batch(rollout, seed=6)
+    rollout.update_weights(trainer.weights_for(rollout))  # a complete sync (new channel) fixes them
+    assert _gap(trainer, _rollout_batch(rollout, seed=6)) <= TOLERANCE
+
+
 def test_an_engine_gone_fails_the_sync_clearly_and_a_restart_recovers(cluster):
     import ray
 
@@ -162,6 +190,7 @@ def test_an_engine_gone_fails_the_sync_clearly_and_a_restart_recovers(cluster):
     with pytest.raises(WeightSyncError, match="rollout actor 1"):
         rollout.update_weights(trainer.weights_for(rollout))
     assert time.perf_counter() - start < 60
+    # The live engine may have been cut part-way: the group repaired it from the trainer's weights.
     rollout.restart_actor(1)  # gets the trainer's current weights through the object store
     fresh = _rollout_batch(rollout, seed=4)
     assert _gap(trainer, fresh) <= TOLERANCE
