@@ -165,16 +165,22 @@ def render_reference_md() -> str:
         "Keys marked *derived* are computed from others and cannot be set.",
         "",
     ]
-    for prefix, cls in sections():
+    from cispo.data.config import DatasetSpec
+
+    # The data sets of data.train (a list) and data.eval (a mapping) share one schema.
+    for prefix, cls in sections() + sections(DatasetSpec, "<set>."):
         hints = get_type_hints(cls)
         docs = field_docs(cls)
         title = prefix.rstrip(".") or "(top level)"
         out += [f"## `{title}`", ""]
+        if prefix == "<set>.":
+            out += ["`<set>` is one data set: an entry of the list `data.train`, or `data.eval.<name>`.", ""]
         class_doc = " ".join((cls.__doc__ or "").split())
         if class_doc and not class_doc.startswith(cls.__name__ + "("):
             out += [class_doc, ""]
         out += ["| key | type | default | meaning |", "|---|---|---|---|"]
-        defaults = to_dict(cls())
+        defaults = {f.name: to_dict(f.default if f.default is not dataclasses.MISSING else f.default_factory())
+                    for f in dataclasses.fields(cls)}  # not cls(): a data set's defaults alone are not a valid one
         for f in dataclasses.fields(cls):
             if dataclasses.is_dataclass(hints[f.name]):
                 continue
