@@ -231,7 +231,8 @@ class RewardPool:
             if not live:
                 time.sleep(0.05)
                 continue
-            deadlines = [w.task_deadline if w.task is not None else (w.start_deadline if not w.ready else float("inf")) for w in live]
+            deadlines = [w.task_deadline if w.task is not None else (w.start_deadline if not w.ready else float("inf"))
+                         for w in live]
             wait = max(0.0, min(deadlines) - time.monotonic())
             fds = [w.out_fd for w in live if not w.ready or w.task is not None]
             ready = select.select(fds, [], [], min(wait, 1.0))[0] if fds else []
@@ -289,7 +290,8 @@ def _normalize_item(item: Any, base: RewardConfig) -> tuple[str, Any, Any, Rewar
         kind, response, ground_truth = item[0], item[1], item[2]
         options = dict(item[3]) if len(item) == 4 and item[3] is not None else {}
     else:
-        raise ValueError("item must be a dict with kind/response/ground_truth or a (kind, response, ground_truth[, options]) tuple")
+        raise ValueError("item must be a dict with kind/response/ground_truth or a "
+                         "(kind, response, ground_truth[, options]) tuple")
     if kind not in R.KINDS:
         raise ValueError(f"kind must be one of {', '.join(R.KINDS)}, got {kind!r}")
     options.setdefault("config", base)

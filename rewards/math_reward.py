@@ -283,7 +283,8 @@ def _score_math_legacy(response: Any, ground_truth: Any, cfg: RewardConfig, *, v
     extracted = extract_math_answer(response, cfg.math_formats, think=cfg.strip_think)
     gold = normalize_gold(ground_truth)
     if gold is None:
-        return R.RewardResult(cfg.wrong_reward, False, extracted, R.BAD_GROUND_TRUTH, f"unusable ground truth {_show(ground_truth)}")
+        return R.RewardResult(cfg.wrong_reward, False, extracted, R.BAD_GROUND_TRUTH,
+                              f"unusable ground truth {_show(ground_truth)}")
     if extracted is None:
         return _result(cfg, False, None, R.NO_ANSWER)
     if obviously_equal(gold, extracted):

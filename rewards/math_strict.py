@@ -307,7 +307,8 @@ def judge(gold: str, pred: str, opts: StrictOptions, verify: VerifyFn, timeout_s
     if g.text_answer is not None:
         key = text_key(pred)
         same = key == g.text_answer or p.text_answer == g.text_answer
-        if not same and len(g.text_answer) == 1 and (m := _CHOICE.match(_clean_inline(_TEXT_GROUP.sub(lambda t: t.group(1), pred)).lower())):
+        plain_pred = _clean_inline(_TEXT_GROUP.sub(lambda t: t.group(1), pred)).lower()
+        if not same and len(g.text_answer) == 1 and (m := _CHOICE.match(plain_pred)):
             same = m.group(1) == g.text_answer  # "(C) 12" for the choice (C)
         return (EQUAL, "") if same else (NOT_EQUAL, "word answer differs from the gold's")
     extra = p.hedges - g.hedges

@@ -62,7 +62,8 @@ def test_answer_line(text: str, expected: str | None) -> None:
 
 @pytest.mark.parametrize(
     "text, expected",
-    [("#### 18", "18"), ("x\n#### 1,234\n", "1234"), ("#### $5", "5"), ("#### 18 dollars", "18"), ("#### 1/2", "1/2"), ("## 3", None)],
+    [("#### 18", "18"), ("x\n#### 1,234\n", "1234"), ("#### $5", "5"), ("#### 18 dollars", "18"), ("#### 1/2", "1/2"),
+     ("## 3", None)],
 )
 def test_gsm8k(text: str, expected: str | None) -> None:
     found = last_gsm8k(text)
@@ -159,7 +160,8 @@ def test_grader_core_rows_agree() -> None:
     """Labelled equivalence cases from other graders' test suites (see data/README.md)."""
     rows = [json.loads(line) for line in GRADER_CASES.read_text().splitlines() if line.strip()]
     core = [r for r in rows if r["core"]]
-    items = [("math", r["pred"] if r["category"] == "boxed_in_response" else "\\boxed{" + r["pred"] + "}", r["gold"]) for r in core]
+    items = [("math", r["pred"] if r["category"] == "boxed_in_response" else "\\boxed{" + r["pred"] + "}", r["gold"])
+             for r in core]
     results = score_batch(items)
     misses = sorted(r["id"] for r, res in zip(core, results) if res.correct != bool(r["expected_equal"]))
     # the strict layer reads "1 000" as 1000; bmatrix vs pmatrix stays the one hard case

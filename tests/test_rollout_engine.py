@@ -321,7 +321,8 @@ def test_repetition_early_stop(engine):
     from vllm.inputs import TokensPrompt
 
     s = SamplingConfig(n=4, max_tokens=48, seed=7, repetition_window=window, repetition_prob=p)
-    raw = engine.llm.generate([TokensPrompt(prompt_token_ids=base[0].prompt_ids)], engine.vllm_sampling_params(s, 7), use_tqdm=False)
+    raw = engine.llm.generate([TokensPrompt(prompt_token_ids=base[0].prompt_ids)], engine.vllm_sampling_params(s, 7),
+                              use_tqdm=False)
     for comp, c in zip(sorted(raw[0].outputs, key=lambda o: o.index), expected[:4]):
         if c is not None and c < 47:
             assert len(comp.token_ids) == c + 1 and comp.token_ids[-1] == engine.tokenizer.eos_token_id

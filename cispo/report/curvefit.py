@@ -8,7 +8,8 @@ at which half of the gain A - R0 is reached. R(0) = R0.
 
 No scipy: R is linear in (R0, A) once B and C_mid are fixed, so the fit is a 2-D search over
 (log B, log C_mid) with (R0, A) solved in closed form at every point ("variable projection"),
-a coarse grid over the whole range, then small grids that close in on the best point. A grid cannot be sent off by a bad starting point the way a local optimiser can,
+a coarse grid over the whole range, then small grids that close in on the best point. A grid cannot be sent
+off by a bad starting point the way a local optimiser can,
 and it is deterministic.
 """
 

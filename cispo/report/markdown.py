@@ -77,7 +77,8 @@ def render_report(
         lines.append("")
         names = list(summary["groups"])
         keys = list(summary["mechanism"])
-        rows = [[name] + [format_estimate(summary["mechanism"][k][name], fmt) + f" [{fmt.format(summary['mechanism'][k][name]['max_step'])}]"
+        rows = [[name] + [format_estimate(summary["mechanism"][k][name], fmt)
+                          + f" [{fmt.format(summary['mechanism'][k][name]['max_step'])}]"
                           if name in summary["mechanism"][k] else "" for k in keys] for name in names]
         lines += md_table(["group"] + [f"`{k}`" for k in keys], rows)
     if summary["reward"]:

@@ -186,7 +186,8 @@ def render(spread: SeedSpread, *, problems: int, k: int, delta: float, alpha: fl
         lines.append(f"- sd of the per-seed differences: {pairs}; pooled **{spread.pooled_paired_sd:.4f}** "
                      f"(df {spread.pooled_paired_df}); sqrt(2) x pooled sd = {math.sqrt(2) * spread.pooled_sd:.4f} "
                      "is what independent arms would give")
-    lines.append(f"- eval sampling noise at N = {problems} problems x k = {k}" + (f", averaged over {evals} evals" if evals > 1 else "") + " (mean accuracy "
+    lines.append(f"- eval sampling noise at N = {problems} problems x k = {k}"
+                 + (f", averaged over {evals} evals" if evals > 1 else "") + " (mean accuracy "
                  f"{spread.mean_accuracy:.3f}): sd <= {math.sqrt(e0):.4f}, i.e. <= "
                  f"{e0 / spread.pooled_sd ** 2:.0%} of the variance; the rest, sd >= {math.sqrt(train_var):.4f}, "
                  "is training noise that more eval problems cannot remove")
