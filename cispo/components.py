@@ -18,6 +18,7 @@ from cispo.config import TrainConfig, to_dict
 from cispo.console import LOG_LEVELS
 from cispo.data import PromptRow, PromptSampler, encode_prompts, load_data
 from cispo.data.loading import LoadedData
+from cispo.dynamic_sampling import KeepRateEstimate
 from cispo.evaluation.metrics import EvalMetrics
 from cispo.evaluation.runner import evaluate_dataset
 from cispo.fault_tolerance import checkpoint_write_guard
@@ -155,6 +156,8 @@ class Components:
         self.owns_ray = init_ray(cfg)
         self.trainer, self.rollout, self.placement_groups = start_workers(cfg, self.model_path)
         self.start_step, self.elapsed = 0, 0.0
+        # Dynamic sampling sizes its rounds from this; it is checkpointed so a resumed run draws the same.
+        self.keep_rate = KeepRateEstimate(cfg.algorithm.keep_rate_memory)
         if folder.state is not None:
             self._restore(folder.state)
         self.logger = open_logger(cfg, self.run_dir, self.start_step if folder.state is not None else None)
@@ -185,6 +188,7 @@ class Components:
             self.trainer.save(tmp / TRAINER_DIR)
             state = {"step": step, "elapsed": self.elapsed, "sampler": self.sampler.state_dict(),
                      "consumed_prompts": self.sampler.consumed, "rng": capture_rng_state(),
+                     "keep_rate": self.keep_rate.state_dict(),
                      "metrics": metrics or {}}
             (tmp / STATE_FILE).write_text(json.dumps(state))
             (tmp / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
@@ -197,6 +201,8 @@ class Components:
         self.rollout.update_weights(self.trainer.weights_for(self.rollout))
         self.sampler.load_state_dict(state["sampler"])
         restore_rng_state(state["rng"])
+        if "keep_rate" in state:  # checkpoints written before keep-rate sizing start from no observation
+            self.keep_rate.load_state_dict(state["keep_rate"])
         self.start_step, self.elapsed = int(state["step"]), float(state["elapsed"])
 
     # ---- lifetime ---------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from cispo.batching import build_train_batch
 from cispo.checkpoint import GracefulStop
 from cispo.components import Components, build_components
 from cispo.config import TrainConfig
-from cispo.dynamic_sampling import GroupCollector
+from cispo.dynamic_sampling import GroupCollector, round_size
 from cispo.scoring import score_rollouts
 from cispo.step_metrics import eval_metrics, rollout_metrics
 from cispo.tracking import PhaseTimer
@@ -55,22 +55,35 @@ def generate_groups(c: Components, step: int, round_index: int, num_prompts: int
 
 def collect_groups(c: Components, step: int, timer: PhaseTimer) -> tuple[list[Group], dict[str, float]]:
     """G responses per prompt, over several rounds when dynamic sampling drops zero-variance groups,
-    until ``prompts_per_step`` groups are kept or ``max_gen_rounds`` is hit (then: what we have)."""
-    cfg = c.cfg
-    collector: GroupCollector[Group] = GroupCollector(cfg.prompts_per_step, cfg.algorithm.dynamic_sampling)
+    until ``prompts_per_step`` groups are kept or ``max_gen_rounds`` is hit (then: what we have).
+    Each round's size comes from ``algorithm.refill_sizing`` (see :func:`cispo.dynamic_sampling.round_size`);
+    the keep-rate estimate is updated after every round and decayed once per step."""
+    cfg, alg = c.cfg, c.cfg.algorithm
+    collector: GroupCollector[Group] = GroupCollector(cfg.prompts_per_step, alg.dynamic_sampling)
+    cap = math.ceil(alg.max_round_factor * cfg.prompts_per_step)
+    estimate_at_start = c.keep_rate.rate
     generated: list[Group] = []
-    for round_index in range(cfg.algorithm.max_gen_rounds):
-        wanted = cfg.prompts_per_step if round_index == 0 else math.ceil(collector.missing * cfg.algorithm.oversample)
+    generate_before = timer.seconds.get("generate", 0.0)
+    for round_index in range(alg.max_gen_rounds):
+        wanted = round_size(round_index, collector.missing, cfg.prompts_per_step, sizing=alg.refill_sizing,
+                            estimate=c.keep_rate, oversample=alg.oversample, z=alg.refill_z, cap=cap)
         groups = generate_groups(c, step, round_index, wanted, timer)
         generated += groups
+        informative_before = collector.informative
         collector.add(groups, [g.rewards for g in groups])
+        c.keep_rate.observe(len(groups), collector.informative - informative_before)
         if collector.full:
             break
+    c.keep_rate.end_step()
     if collector.missing:
         log.warning("step %d: %d/%d groups with reward variance after %d rounds; training on those",
                     step, len(collector.kept), cfg.prompts_per_step, collector.rounds)
     metrics = rollout_metrics([r for g in generated for r in g.results], [x for g in generated for x in g.rewards],
                               [v for g in generated for v in g.verdicts])
+    generate_s = timer.seconds.get("generate", 0.0) - generate_before
+    metrics["dynamic_sampling/keep_rate_estimate"] = estimate_at_start
+    if collector.kept:  # wall-clock: volatile, hence under perf/
+        metrics["perf/generate_s_per_kept_group"] = generate_s / len(collector.kept)
     return collector.kept, metrics | collector.metrics()
 
 

@@ -50,7 +50,24 @@ class AlgorithmConfig:
     max_gen_rounds: int = 3
     """Cap on generation rounds per step; past it, train on what was collected (never crash)."""
     oversample: float = 1.5
-    """Prompts drawn per refill round, as a multiple of the groups still missing."""
+    """Prompts drawn per refill round, as a multiple of the groups still missing (``refill_sizing=oversample``
+    only)."""
+    refill_sizing: Literal["keep_rate", "oversample"] = "keep_rate"
+    """How many prompts each generation round draws under dynamic sampling. ``keep_rate``: from the share
+    of groups with reward variance observed so far (this step and, decayed, past steps), enough that one
+    round is expected to fill the batch (``refill_z``), so one large round replaces several small ones
+    (on CPU a batch of 48 prompts costs far less than two of 24). ``oversample``: round 0 draws
+    ``prompts_per_step`` and each refill ``oversample`` x the groups missing (DAPO's rule of thumb)."""
+    refill_z: float = 1.0
+    """Margin of a keep-rate-sized round: n is the fewest prompts whose informative-group count reaches
+    the groups missing at ``refill_z`` binomial standard deviations below its mean (1.0: ~84% of rounds
+    suffice; 0: the expected count only)."""
+    keep_rate_memory: float = 0.5
+    """Weight of past steps in the keep-rate estimate (its counts are multiplied by this after each
+    step; 0 = this step's rounds only). Saved with the checkpoint, so a resumed run draws the same."""
+    max_round_factor: float = 4.0
+    """Cap on the prompts one keep-rate-sized round draws, as a multiple of ``prompts_per_step`` (bounds
+    the round's memory and time when almost no group is informative)."""
     old_log_probs: Literal["recompute", "rollout"] = "recompute"
     """The behaviour policy's log-probs in the IS weight r = pi / pi_old: ``recompute`` (a trainer
     forward pass over the batch before the update, exact) or ``rollout`` (vLLM's own log-probs of
@@ -65,6 +82,14 @@ class AlgorithmConfig:
             raise ValueError(f"algorithm.max_gen_rounds={self.max_gen_rounds}: expected >= 1")
         if self.oversample < 1.0:
             raise ValueError(f"algorithm.oversample={self.oversample}: expected >= 1.0")
+        if self.refill_sizing not in ("keep_rate", "oversample"):
+            raise ValueError(f"algorithm.refill_sizing={self.refill_sizing!r}: expected 'keep_rate' or 'oversample'")
+        if not self.refill_z >= 0.0:
+            raise ValueError(f"algorithm.refill_z={self.refill_z}: expected >= 0")
+        if not 0.0 <= self.keep_rate_memory <= 1.0:
+            raise ValueError(f"algorithm.keep_rate_memory={self.keep_rate_memory}: expected a number in [0, 1]")
+        if not self.max_round_factor >= 1.0:
+            raise ValueError(f"algorithm.max_round_factor={self.max_round_factor}: expected >= 1.0")
 
 
 @dataclass
