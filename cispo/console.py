@@ -96,6 +96,14 @@ def configure_console_logging(level: str) -> None:
     for handler in root.handlers:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             handler.setLevel(threshold)
+    if threshold > logging.INFO:
+        # Progress bars of the libraries' own loading steps (dataset tables, checkpoint shards) are noise
+        # next to the run's progress display; at log_level=info they stay.
+        import datasets
+        import transformers
+
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
     import ray  # noqa: F401 - importing ray installs its console handler, which we filter below
 
     ray_logger = logging.getLogger("ray")
