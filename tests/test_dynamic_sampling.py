@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import pytest
 
 import cispo.loop as loop
-from cispo.config import TrainConfig
 from cispo.dynamic_sampling import GroupCollector, KeepRateEstimate, prompts_for_keep_rate, round_size
 from cispo.run_config import AlgorithmConfig
 from cispo.tracking import PhaseTimer

@@ -14,6 +14,7 @@ from torch import nn
 
 from cispo.trainer import TrainBatch, TrainerConfig
 from cispo.trainer.batch import group_units, plan_micro_batches, split_plan
+from cispo.trainer.flops import ModelShape, measure_fp32_gemm_flops, training_flops
 from cispo.trainer.group import even_shards, update_shards
 from cispo.trainer.logprobs import FP32Linear, chunked_token_log_probs, use_fp32_head
 from cispo.trainer.metrics import DiagnosticsAccumulator, MismatchAccumulator
@@ -39,6 +40,7 @@ from cispo.trainer.synthetic import random_batch
     ({"micro_batch_max_tokens": 0}, "trainer.micro_batch_max_tokens"),
     ({"lr_schedule": "cosine", "warmup_steps": 10, "total_steps": 10}, "trainer.warmup_steps"),
     ({"tis_cap": -1.0}, "trainer.tis_cap"),
+    ({"peak_flops": 0.0}, "trainer.peak_flops"),
 ])
 def test_bad_config_names_the_key(changes, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
@@ -307,3 +309,36 @@ def test_diagnostics_are_token_weighted():
     acc.add({"n_tokens": 3.0, "is_weight_mean": 1.0, "is_weight_max": 2.0, "loss": 9.0})
     acc.add({"n_tokens": 1.0, "is_weight_mean": 3.0, "is_weight_max": 1.5, "loss": 9.0})
     assert acc.result("policy/") == {"policy/is_weight_mean": 1.5, "policy/is_weight_max": 2.0}
+
+
+# ---------------------------------------------------------------- FLOPs (actor/perf/flops_per_s, mfu)
+def tiny_llama(tie: bool):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=1,
+                                        tie_word_embeddings=tie))
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_model_shape_counts_the_matmul_weights_by_hand(tie):
+    # Per layer: q 8x8 = 64, k and v 8 x (1 kv head x head_dim 4) = 32 each, o 64, gate/up/down 8x16 = 128
+    # each -> 576; 2 layers -> 1152. Head 32 x 8 = 256 (tied or not: the matmul is the same); the
+    # embedding lookup is no matmul. Attention width: 2 query heads x 4.
+    assert ModelShape.of(tiny_llama(tie)) == ModelShape(body_matmul_params=1152, head_params=256, layers=2,
+                                                        attention_width=8)
+
+
+def test_training_flops_by_hand():
+    shape = ModelShape(body_matmul_params=1152, head_params=256, layers=2, attention_width=8)
+    # Sequences of 3 and 5 real tokens, 4 of them scored by the head:
+    # 6*1152*8 = 55296; 6*256*4 = 6144; 12*2*8*(9 + 25) = 6528.
+    assert training_flops(shape, [3, 5], 4) == 55296 + 6144 + 6528
+    assert training_flops(shape, [], 0) == 0.0
+    with pytest.raises(ValueError, match="must be >= 0"):
+        training_flops(shape, [3, -1], 4)
+
+
+def test_gemm_ceiling_is_a_positive_rate():
+    # 2 * 64^3 FLOPs in far less than a second: a rate well above 1 MFLOP/s on any machine.
+    assert measure_fp32_gemm_flops(size=64, repeats=2) > 1e6

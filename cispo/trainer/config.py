@@ -73,6 +73,11 @@ class TrainerConfig:
     lm_head_fp32: bool = True
     # Per-token entropy of the policy as a metric (costs one extra pass over each logits chunk).
     log_entropy: bool = True
+    # Peak FLOP/s of ONE rank's device (e.g. the machine's measured fp32 GEMM ceiling on the rank's
+    # threads: cispo.trainer.flops.measure_fp32_gemm_flops). Set: the update reports actor/perf/mfu =
+    # model FLOP/s (PaLM's count, docs/trainer.md) / (peak_flops x world_size). null: no MFU, only
+    # actor/perf/flops_per_s.
+    peak_flops: float | None = None
 
     # Policy loss (cispo.algorithms.compute_policy_loss). eps_low / eps_high are offsets from 1:
     # the IS-weight / ratio clip range is [1 - eps_low, 1 + eps_high]. CISPO default: weight in
@@ -177,6 +182,8 @@ class TrainerConfig:
             raise bad("tis_cap", self.tis_cap, "null or a number > 0")
         if self.loss_token_budget is not None and (not is_num(self.loss_token_budget) or self.loss_token_budget <= 0):
             raise bad("loss_token_budget", self.loss_token_budget, "null or a number > 0")
+        if self.peak_flops is not None and (not is_num(self.peak_flops) or self.peak_flops <= 0):
+            raise bad("peak_flops", self.peak_flops, "null or a number > 0")
         if self.kl_clamp is not None and (not is_num(self.kl_clamp) or self.kl_clamp <= 0):
             raise bad("kl_clamp", self.kl_clamp, "null or a number > 0")
         parse_options(LOSS_OPTIONS[self.loss], self.loss_options, "trainer.loss_options")

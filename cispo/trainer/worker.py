@@ -24,6 +24,7 @@ from cispo.algorithms import aggregation_count, compute_policy_loss
 from cispo.trainer import comm
 from cispo.trainer.batch import TrainBatch, group_units, plan_micro_batches, split_plan
 from cispo.trainer.config import TrainerConfig
+from cispo.trainer.flops import ModelShape, training_flops
 from cispo.trainer.logprobs import PolicyModel, use_fp32_head
 from cispo.trainer.metrics import METRIC_PREFIX, DiagnosticsAccumulator, MismatchAccumulator
 from cispo.trainer.optim import build_optimizer, deepspeed_config
@@ -77,6 +78,7 @@ class PolicyWorker:
         # The frozen reference costs a second model: only GRPO-style KL needs it.
         self.ref_engine = self._build_engine(ref_path, train=False) if config.kl_coef > 0 else None
         self.skipped_steps_total = 0
+        self.flop_shape = ModelShape.of(self.hf_model)  # for actor/perf/flops_per_s and mfu
 
     # ------------------------------------------------------------------ set-up
     def _build_engine(self, path: Path, *, train: bool):
@@ -196,10 +198,12 @@ class PolicyWorker:
                     results.append(result)
 
         elapsed = time.perf_counter() - start
-        tokens, entropy_sum, entropy_tokens, real, padded = comm.all_sum(
+        model_flops = training_flops(self.flop_shape, batch.attention_mask.sum(dim=1).tolist(),
+                                     int(batch.response_mask[:, 1:].sum())) * cfg.ppo_epochs
+        tokens, entropy_sum, entropy_tokens, real, padded, model_flops = comm.all_sum(
             float(batch.attention_mask.sum()) * cfg.ppo_epochs,
             sum(r.entropy_sum for r in results), sum(r.entropy_tokens for r in results),
-            sum(r.real_tokens for r in results), sum(r.padded_tokens for r in results))
+            sum(r.real_tokens for r in results), sum(r.padded_tokens for r in results), model_flops)
         applied = [r for r in results if r.applied]
         finite = [r for r in results if r.finite]
         skipped = len(results) - len(applied)
@@ -220,7 +224,11 @@ class PolicyWorker:
             "perf/tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0,
             # Share of the forward/backward positions that are padding (what packing would save).
             "perf/padding_frac": 1.0 - real / padded if padded > 0 else 0.0,
+            # Model FLOPs (cispo/trainer/flops.py) of all ranks per second of this update.
+            "perf/flops_per_s": model_flops / elapsed if elapsed > 0 else 0.0,
         }
+        if cfg.peak_flops is not None:
+            metrics["perf/mfu"] = metrics["perf/flops_per_s"] / (cfg.peak_flops * cfg.world_size)
         if cfg.log_entropy and entropy_tokens > 0:
             metrics["entropy"] = entropy_sum / entropy_tokens
         metrics.update(diagnostics.result(prefix=""))
