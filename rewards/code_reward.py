@@ -6,7 +6,8 @@ Ground truth forms (a dict, or the same dict as a JSON string):
   trusted judge before the tests.
 - `{"check": "def check(candidate): ...", "entry_point": "f", "setup": ...}`: one test
   (HumanEval, LeetCode). Asserts and check may add `test_setup`: code run only on the trusted
-  side, after `setup` (HumanEval: the prompt's helpers, so `poly` is the data set's). `entry_point` may be `name`, `Solution.method` or `Solution().method`
+  side, after `setup` (HumanEval: the prompt's helpers, so `poly` is the data set's).
+  `entry_point` may be `name`, `Solution.method` or `Solution().method`
   (then the candidate is the method bound to a fresh instance); when the check source calls
   `check(...)` itself at top level, that call is the test.
 - `{"io": [{"input": "...", "output": "..."}, ...]}`: stdin/stdout cases (Codeforces); the

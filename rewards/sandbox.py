@@ -341,7 +341,8 @@ def _launch(program: str, tests: dict[str, Any], cfg: RewardConfig, iso: Isolati
                     report.harness_error = f"the supervisor's statuses {said} differ from its events {seen}"
                 else:
                     report.tests = [{"status": o.status, "detail": o.detail, **o.extra} for o in judged]
-            elif trusted is not None and judged is None and not (report.compile_error or report.bad_tests or report.harness_error):
+            elif trusted is not None and judged is None and not (
+                    report.compile_error or report.bad_tests or report.harness_error):
                 report.harness_error = "the judge lost the sandbox"
         if run_cg is not None and cgroups.oom_kills(run_cg) and (report.harness_error or report.timed_out):
             report.harness_error, report.timed_out = None, False
@@ -367,7 +368,8 @@ def _launch(program: str, tests: dict[str, Any], cfg: RewardConfig, iso: Isolati
     return report
 
 
-def _drive(channel: J.Channel, plan: TrustedPlan, cfg: RewardConfig, deadline: float, supervised: list[dict]) -> list[J.Outcome] | None:
+def _drive(channel: J.Channel, plan: TrustedPlan, cfg: RewardConfig, deadline: float,
+           supervised: list[dict]) -> list[J.Outcome] | None:
     """Run the trusted tests one by one, each against a fresh test process; None when the harness
     did not get as far as running tests (compile error, bad setup: its result says which)."""
     ready = channel.wait_event(deadline, "ready")

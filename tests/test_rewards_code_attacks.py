@@ -353,7 +353,8 @@ CONTROLS = {
                 raise ValueError("not a number: " + s)
             return int(s)
         """,
-        {"asserts": ["try:\n    parse('x')\n    raise AssertionError('no error')\nexcept ValueError as e:\n    assert 'x' in str(e)",
+        {"asserts": ["try:\n    parse('x')\n    raise AssertionError('no error')\n"
+                     "except ValueError as e:\n    assert 'x' in str(e)",
                      "assert parse('12') == 12"]},
     ),
     "in-place mutation and printing": (

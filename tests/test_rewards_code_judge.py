@@ -167,8 +167,11 @@ def test_compile_trusted_finds_the_names_the_program_must_provide() -> None:
 # ----------------------------------------------------------------------------- through the sandbox
 def test_an_error_the_test_would_swallow_still_fails() -> None:
     """The test catches every Exception; the program ending mid-call must not become a pass."""
-    gt = {"check": "def check(candidate):\n    try:\n        candidate(1)\n    except Exception:\n        pass\n", "entry_point": "f"}
-    for program in ("import os\ndef f(x):\n    os._exit(0)", "def f(x):\n    raise SystemExit(0)", "def f(x):\n    while True:\n        pass"):
+    gt = {"check": "def check(candidate):\n    try:\n        candidate(1)\n    except Exception:\n        pass\n",
+          "entry_point": "f"}
+    programs = ("import os\ndef f(x):\n    os._exit(0)", "def f(x):\n    raise SystemExit(0)",
+                "def f(x):\n    while True:\n        pass")
+    for program in programs:
         result = score("code", fence(program), gt, config=CFG.replace(code_test_timeout_s=1.0))
         assert not result.correct, (program, result)
     assert score("code", fence("def f(x):\n    raise ValueError(x)"), gt, config=CFG).correct
@@ -220,7 +223,8 @@ def test_each_run_gets_a_cgroup_that_is_removed_after() -> None:
         text = open("/proc/self/cgroup").read()
         return [line for line in text.splitlines() if "cispo-sandbox" in line]
     """
-    result = score("code", fence(program), {"asserts": ["assert len(f()) >= 2 or (len(f()) == 1 and f()[0].startswith('0::'))"]}, config=CFG)
+    test = "assert len(f()) >= 2 or (len(f()) == 1 and f()[0].startswith('0::'))"  # v1: memory and pids; v2: one line
+    result = score("code", fence(program), {"asserts": [test]}, config=CFG)
     assert result.correct, result
     mine = [p for root in support.roots for p in Path(root).iterdir() if p.name.startswith(f"{os.getpid()}-")]
     assert mine == []
@@ -266,8 +270,8 @@ def test_ipc_and_inode_limits_in_namespace_mode() -> None:
             pass
         return read("shmmax"), read("shmmni"), read("msgmni"), n
     """
-    result = score("code", fence(program), {"asserts": [f"m, s, q, n = f()\nassert (m, s, q) == ({4 << 20}, 3, 3) and n < 200, (m, s, q, n)"]},
-                   config=cfg)
+    test = f"m, s, q, n = f()\nassert (m, s, q) == ({4 << 20}, 3, 3) and n < 200, (m, s, q, n)"
+    result = score("code", fence(program), {"asserts": [test]}, config=cfg)
     assert result.correct, result
 
 
