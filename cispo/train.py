@@ -48,7 +48,17 @@ def _main(raw: DictConfig) -> None:
 
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Name DeepSpeed's accelerator on machines without CUDA: it otherwise warns on every import that it
+    # "was unable to detect" a GPU, which reads like a fault on a CPU run (the workers inherit it).
+    if not _cuda_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     _main()
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 if __name__ == "__main__":
