@@ -302,13 +302,15 @@ def _launch(program: str, tests: dict[str, Any], cfg: RewardConfig, iso: Isolati
         started = time.monotonic()
         judged: list[J.Outcome] | None = None
         supervised: list[dict] = []
+        lost_in_time = False
         if trusted is not None:
             try:
                 proc.stdin.write(len(body).to_bytes(8, "big") + body)
                 proc.stdin.flush()
                 judged = _drive(J.Channel(judge_ctl, cfg.code_max_message_mb * MB), trusted, cfg, started + limit, supervised)
-            except (OSError, J.SandboxEnded, ValueError):  # ValueError: a malformed control message
+            except (OSError, J.SandboxEnded, ValueError) as e:  # ValueError: a malformed control message
                 judged = None
+                lost_in_time = isinstance(e, J.SandboxEnded) and e.status == "timeout"
                 for op in ("stop", "finish"):  # let the harness end its test and report
                     try:
                         judge_ctl.send(json.dumps({"op": op}).encode())
@@ -343,10 +345,16 @@ def _launch(program: str, tests: dict[str, Any], cfg: RewardConfig, iso: Isolati
                     report.tests = [{"status": o.status, "detail": o.detail, **o.extra} for o in judged]
             elif trusted is not None and judged is None and not (
                     report.compile_error or report.bad_tests or report.harness_error):
-                report.harness_error = "the judge lost the sandbox"
+                if lost_in_time:
+                    report.timed_out = True
+                else:
+                    report.harness_error = "the judge lost the sandbox"
         if run_cg is not None and cgroups.oom_kills(run_cg) and (report.harness_error or report.timed_out):
+            # the kernel OOM-killed the harness itself: the run ran out of memory
+            count = len(trusted.tests) if trusted is not None else len(tests.get("inputs") or [None])
             report.harness_error, report.timed_out = None, False
             report.tests = [{"status": "memory", "detail": f"the sandbox's cgroup ran out of its {cfg.code_memory_mb} MiB"}]
+            report.tests += [{"status": "skipped", "detail": "the sandbox ran out of memory"}] * (count - 1)
     finally:
         if alive_r >= 0:
             os.close(alive_r)
