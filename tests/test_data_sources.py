@@ -149,7 +149,14 @@ def test_humaneval_mbpp_codeforces_ground_truth():
     raw = raw_rows("code/HumanEval.jsonl.gz")
     rows = load("code/HumanEval.jsonl.gz")
     assert len(rows) == 164
-    assert [r.ground_truth for r in rows] == [{"check": x["test"], "entry_point": x["entry_point"]} for x in raw]
+    assert [{k: v for k, v in r.ground_truth.items() if k != "test_setup"} for r in rows] == [
+        {"check": x["test"], "entry_point": x["entry_point"]} for x in raw]
+    # The prompt's helper functions travel as trusted setup, without the function the model writes.
+    with_helpers = {x["task_id"]: r.ground_truth["test_setup"] for r, x in zip(rows, raw)
+                    if "def " in r.ground_truth.get("test_setup", "")}
+    assert {"HumanEval/32", "HumanEval/38", "HumanEval/50"} <= set(with_helpers)
+    assert "def poly(" in with_helpers["HumanEval/32"] and "def find_zero(" not in with_helpers["HumanEval/32"]
+    assert "def encode_cyclic(" in with_helpers["HumanEval/38"] and "def decode_cyclic(" not in with_helpers["HumanEval/38"]
     assert all(x["prompt"] in r.user_message and r.reward_kind == "code" for r, x in zip(rows, raw))
     assert "def has_close_elements(" in rows[0].user_message and "```python" in rows[0].user_message
 

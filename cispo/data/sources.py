@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from cispo.data.config import PROMPT_PLACEHOLDER, ColumnMap
 from rewards.code_data import LEETCODE_PRELUDE as LEETCODE_SETUP
+from rewards.code_data import humaneval_ground_truth
 from cispo.data.types import GroundTruth
 
 AIME_ANSWER_MAX = 999
@@ -182,8 +183,11 @@ def map_deepmath(raw: dict[str, Any], columns: ColumnMap) -> Mapped:
 
 
 def map_humaneval(raw: dict[str, Any], columns: ColumnMap) -> Mapped:
-    truth = {"check": text_field(raw, "test"), "entry_point": text_field(raw, "entry_point")}
-    return Mapped(text_field(raw, "prompt"), truth, id_field(raw, "task_id"))
+    """The check, and the prompt's own helpers (``poly`` of HumanEval/32, ...) as trusted test setup: a
+    program cannot redefine a helper that the check calls (docs/rewards.md)."""
+    fields = {"test": text_field(raw, "test"), "entry_point": text_field(raw, "entry_point"),
+              "prompt": text_field(raw, "prompt")}
+    return Mapped(fields["prompt"], humaneval_ground_truth(fields), id_field(raw, "task_id"))
 
 
 def map_mbpp(raw: dict[str, Any], columns: ColumnMap) -> Mapped:
