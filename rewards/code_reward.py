@@ -221,4 +221,5 @@ def judge(report: sandbox.SandboxReport, tests: CodeTests, program: str, cfg: Re
         return RewardResult(value, True, program, R.CORRECT, f"{passed}/{tests.count} tests passed")
     i, status, detail = first_failure
     reason = _STATUS_REASON.get(status, R.SANDBOX_ERROR)
-    return RewardResult(value, False, program, reason, f"{passed}/{tests.count} tests passed; test {i}: {status} {detail}".strip())
+    detail = f"{passed}/{tests.count} tests passed; test {i}: {status} {detail}".strip()
+    return RewardResult(value, False, program, reason, detail)

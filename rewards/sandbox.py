@@ -253,7 +253,8 @@ def run_program(program: str, tests: dict[str, Any], cfg: RewardConfig, trusted:
 
 def _launch(program: str, tests: dict[str, Any], cfg: RewardConfig, iso: Isolation, *, probe: bool = False,
             trusted: TrustedPlan | None = None) -> SandboxReport:
-    uid = secrets.randbelow(cfg.code_uid_range[1] - cfg.code_uid_range[0]) + cfg.code_uid_range[0] if iso.drop_privileges else None
+    low, high = cfg.code_uid_range
+    uid = secrets.randbelow(high - low) + low if iso.drop_privileges else None
     workdir = tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-")
     alive_r, alive_w = os.pipe()
     judge_ctl, harness_ctl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

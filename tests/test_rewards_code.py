@@ -101,7 +101,8 @@ def test_check_form_entry_points() -> None:
         assert score("code", method, {"check": check, "entry_point": ep}).correct, ep
     self_invoking = {"check": check + "\ncheck(Solution().square)\n"}
     assert score("code", method, self_invoking).correct
-    assert score("code", fence("class Solution:\n    def square(self, x):\n        return x + x"), self_invoking).reason == "wrong_answer"
+    doubled = fence("class Solution:\n    def square(self, x):\n        return x + x")
+    assert score("code", doubled, self_invoking).reason == "wrong_answer"
     missing = score("code", fn, {"check": check, "entry_point": "cube"})
     assert missing.reason == "runtime_error" and "cube" in missing.detail
     assert score("code", fn, {"check": "def check(c):\n  assert c(1) ==", "entry_point": "square"}).reason == "bad_ground_truth"
@@ -123,8 +124,10 @@ def test_io_form_codeforces() -> None:
         assert score("code", fence(program + "\nprint(0)"), gt).reason == "wrong_answer", i
     gt = {"io": [{"input": "2 3\n", "output": "5\n"}, {"input": "10 -4\n", "output": "6"}]}
     assert score("code", fence("a, b = map(int, input().split())\nprint(a + b)\nraise SystemExit(0)"), gt).correct
-    assert score("code", fence("import os, sys\na, b = map(int, input().split())\nprint(a + b)\nsys.stdout.flush()\nos._exit(0)"), gt).correct
-    assert score("code", fence("a, b = map(int, input().split())\nprint(a + b)\nraise SystemExit(3)"), gt).reason == "runtime_error"
+    hard_exit = "import os, sys\na, b = map(int, input().split())\nprint(a + b)\nsys.stdout.flush()\nos._exit(0)"
+    assert score("code", fence(hard_exit), gt).correct
+    exit_3 = fence("a, b = map(int, input().split())\nprint(a + b)\nraise SystemExit(3)")
+    assert score("code", exit_3, gt).reason == "runtime_error"
     assert score("code", fence("print(input())"), gt).reason == "wrong_answer"
 
 
@@ -140,7 +143,8 @@ def _rows() -> list[tuple[str, str, str, dict]]:
     for i in SAMPLE:
         r = he[i]
         ref = code_data.humaneval_reference(r)
-        rows.append((r["task_id"], fence(ref), fence(bench.broken_function(ref, r["entry_point"])), code_data.humaneval_ground_truth(r)))
+        rows.append((r["task_id"], fence(ref), fence(bench.broken_function(ref, r["entry_point"])),
+                     code_data.humaneval_ground_truth(r)))
     for i in SAMPLE:
         r = mbpp[i * 2]
         ref = code_data.mbpp_reference(r)
@@ -174,7 +178,8 @@ def test_leetcode_prelude_helpers() -> None:
         "    def rev(self, head: Optional[ListNode]) -> Optional[ListNode]:\n        prev = None\n"
         "        while head:\n            head.next, prev, head = prev, head, head.next\n        return prev\n"
     )
-    tree = {"check": "def check(candidate):\n    assert is_same_tree(candidate(tree_node([1, 2, 3, None, 4])), tree_node([1, 3, 2, None, None, 4]))\n",
+    tree = {"check": "def check(candidate):\n"
+                     "    assert is_same_tree(candidate(tree_node([1, 2, 3, None, 4])), tree_node([1, 3, 2, None, None, 4]))\n",
             "entry_point": "Solution().mirror", "setup": code_data.LEETCODE_PRELUDE}
     lst = {"check": "def check(candidate):\n    assert is_same_list(candidate(list_node([1, 2, 3])), list_node([3, 2, 1]))\n"
                     "    assert candidate(list_node([])) is None\n",
@@ -184,7 +189,8 @@ def test_leetcode_prelude_helpers() -> None:
     wrong_tree = {**tree, "check": tree["check"].replace("[1, 3, 2,", "[1, 2, 3,")}
     assert not score("code", fence(program), wrong_tree).correct
     # pow keeps its three-argument builtin meaning under the prelude
-    assert score("code", fence("def f():\n    return pow(3, 4, 5)"), {"asserts": ["assert f() == 1"], "setup": code_data.LEETCODE_PRELUDE}).correct
+    gt = {"asserts": ["assert f() == 1"], "setup": code_data.LEETCODE_PRELUDE}
+    assert score("code", fence("def f():\n    return pow(3, 4, 5)"), gt).correct
 
 
 def test_humaneval_helpers_are_the_data_sets() -> None:
@@ -197,6 +203,7 @@ def test_humaneval_helpers_are_the_data_sets() -> None:
     assert score("code", fence(reference), gt).correct
     cheat = reference + "\n\ndef poly(xs, x):\n    return 0.0\n\ndef find_zero(xs):\n    return 0.0\n"
     assert score("code", fence(cheat), gt).reason == "wrong_answer"
-    assert code_data.prompt_helpers("from typing import List\n\ndef f(x: List[int]):\n    '''doc'''\n", "f") == "from typing import List"
+    stub = "from typing import List\n\ndef f(x: List[int]):\n    '''doc'''\n"
+    assert code_data.prompt_helpers(stub, "f") == "from typing import List"
     with pytest.raises(BadGroundTruth, match="test_setup"):
         parse_ground_truth({"io": [{"input": "", "output": ""}], "test_setup": "x = 1"})
