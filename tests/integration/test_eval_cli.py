@@ -11,7 +11,7 @@ import pytest
 
 from cispo.eval import resolve_model
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow

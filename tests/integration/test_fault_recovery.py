@@ -20,7 +20,7 @@ from cispo.fault_tolerance import EXIT_WORKER_FAILURE, RESTARTS_KEY, iter_events
 from cispo.tracking import read_metrics
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HANG_TIMEOUT_S = 20  # fault_tolerance.call_timeout_s in the test: a stopped worker is declared hung after this
 
 

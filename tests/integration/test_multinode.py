@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_train_loop import make_config
+from tests.integration.test_train_loop import make_config
 
 pytestmark = pytest.mark.slow
 

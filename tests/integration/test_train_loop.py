@@ -19,7 +19,7 @@ from cispo.tracking import read_metrics
 from cispo.train import CONFIG_DIR
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 VOLATILE = ("time/", "perf/", "actor/perf/")
 
 

@@ -19,7 +19,7 @@ from rollout.weight_sync import WeightSyncError
 pytestmark = pytest.mark.slow
 
 PROMPTS = [[5, 17, 42, 8], [9, 3, 77, 21, 30]]
-TOLERANCE = 1e-4  # as tests/test_trainer_vllm_sync.py (fp32)
+TOLERANCE = 1e-4  # as tests/integration/test_trainer_vllm_sync.py (fp32)
 BUCKET_MB = 0.1   # the tiny model is ~0.6 MiB: several buckets
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from cispo.tracking import read_metrics
-from tests.test_train_loop import ray_cluster, run, stable  # noqa: F401 - ray_cluster is a fixture
+from tests.integration.test_train_loop import ray_cluster, run, stable  # noqa: F401 - ray_cluster is a fixture
 
 pytestmark = pytest.mark.slow
 

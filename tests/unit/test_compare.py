@@ -15,7 +15,7 @@ import yaml
 
 from cispo.compare import CompareError, compare, discover_runs, main, mean_ci, seed_curve, t_critical
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STEPS = range(1, 11)
 EVAL_STEPS = (2, 4, 6, 8, 10)
 ACC_KEY = "eval/arith/avg@4"

@@ -22,7 +22,7 @@ from cispo.report.power import (
     t_quantile,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CPU_STUDY = REPO / "docs" / "cpu_study" / "summary.json"
 
 

@@ -32,7 +32,7 @@ from cispo.fault_tolerance import (
 )
 from cispo.tracking import read_metrics
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _run_child(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:

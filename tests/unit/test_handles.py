@@ -9,7 +9,7 @@ import pytest
 from cispo.handles import RolloutHandle, TrainerHandle
 from cispo.trainer.group import TrainerGroup
 from rollout.group import RolloutGroup
-from tests.test_loop_units import RecordingRollout, RecordingTrainer
+from tests.unit.test_loop_units import RecordingRollout, RecordingTrainer
 
 
 def protocol_methods(protocol: type) -> dict[str, inspect.Signature]:

@@ -16,7 +16,7 @@ from rewards import RewardConfig, cgroups, score
 from rewards import _wire as wire
 from rewards import sandbox
 from rewards.judge import CandidateAbort, CandidateError, SandboxEnded, _exception, _sync, compile_trusted
-from tests.test_rewards_sandbox import IS_ROOT
+from tests.unit.test_rewards_sandbox import IS_ROOT
 
 CFG = RewardConfig(code_test_timeout_s=8.0, code_total_timeout_s=20.0, hard_timeout_grace_s=1.0)
 P = 2**61 - 1  # CPython's hash modulus for ints: x and x + k*P hash alike

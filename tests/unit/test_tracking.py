@@ -25,7 +25,7 @@ from cispo.tracking import (
     read_metrics,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _metrics(step: int) -> dict:
