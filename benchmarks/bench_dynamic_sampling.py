@@ -104,8 +104,9 @@ What it shows (this draw): keep-rate sizing fills the batch where the old rule r
 group generated ({totals['oversample']['per_group']:.3f} -> {min(t['per_group'] for t in totals.values()):.3f} s). Part of that gain goes to the surplus: a
 round sized to fill the batch usually overshoots, and the extra informative groups are dropped,
 while the old rule, never full, keeps every informative group (exactly 1/p generated per kept group).
-The 1.5x the issue asks is out of reach by round sizing alone: at a keep rate p at least 1/p groups
-are generated per kept group (here p = {totals['oversample']['keep_rate']:.2f}). What would meet it: carry the surplus
+Round sizing alone cannot beat the per-group ratio, {totals['oversample']['per_group'] / min(t['per_group'] for t in totals.values()):.2f}x here, even with no surplus: at a
+keep rate p at least 1/p groups are generated per kept group (p = {totals['oversample']['keep_rate']:.2f}), so the issue's
+1.5x is not met this way. What would meet it: carry the surplus
 informative groups into the next step (one step stale; CISPO's IS weight corrects for it) instead of
 dropping them, and cheaper generation per group (larger engine batches).
 The machine was shared with other engineers' jobs: each figure is one draw.
