@@ -237,7 +237,7 @@ def test_wandb_offline_writes_a_local_run(tmp_path: Path, monkeypatch: pytest.Mo
     [run_folder] = (tmp_path / "wandb").glob(f"offline-run-*-{run_id}")
     assert (run_folder / f"run-{run_id}.wandb").stat().st_size > 0
     # A resumed run continues the same wandb run id (wandb names its local folder by the second, so
-    # the two inits may share one folder or have two).
+    # the two inits may share one folder, have two, or, within the same second, get a "-1" suffix).
     with MetricsLogger(
         tmp_path, wandb_mode="offline", project="cispo-test", config={"seed": 0}, console=False,
         resume_step=1,
@@ -245,5 +245,5 @@ def test_wandb_offline_writes_a_local_run(tmp_path: Path, monkeypatch: pytest.Mo
         logger.log(2, {"reward/mean": 0.875})
     assert (tmp_path / "wandb_run_id").read_text().strip() == run_id
     assert {p.name for p in (tmp_path / "wandb").glob("offline-run-*")} == {
-        p.name for p in (tmp_path / "wandb").glob(f"offline-run-*-{run_id}")}
+        p.name for p in (tmp_path / "wandb").glob(f"offline-run-*-{run_id}*")}
     assert [r["reward/mean"] for r in read_metrics(tmp_path)] == [0.5, 0.875]
