@@ -59,22 +59,27 @@ def last_boxed(text: str) -> tuple[int, str] | None:
         return None
     partners = _brace_partners(text)
     for start, end in reversed(spans):
-        j = end
-        while j < len(text) and text[j] in " \t":
-            j += 1
-        if j < len(text) and text[j] == "{":
-            close = partners.get(j)
-            if close is None:
-                continue  # unbalanced (e.g. truncated): not an answer
-            content = text[j + 1:close].strip()
-        else:
-            k = j
-            while k < len(text) and not text[k].isspace() and text[k] not in "$}":
-                k += 1
-            content = text[j:k].strip()
-        if content:
-            return start, content
+        argument = box_argument(text, end, partners)
+        if argument is not None and argument[0]:
+            return start, argument[0]
     return None
+
+
+def box_argument(text: str, after: int, partners: dict[int, int]) -> tuple[str, int] | None:
+    """(content, end) of the argument of a box command ending at ``after``: a balanced ``{...}`` or one bare
+    token (``\\boxed 5``); None when the brace is unbalanced (e.g. a truncated response)."""
+    j = after
+    while j < len(text) and text[j] in " \t":
+        j += 1
+    if j < len(text) and text[j] == "{":
+        close = partners.get(j)
+        if close is None:
+            return None
+        return text[j + 1:close].strip(), close + 1
+    k = j
+    while k < len(text) and not text[k].isspace() and text[k] not in "$}":
+        k += 1
+    return text[j:k].strip(), k
 
 
 def _clean_inline(value: str) -> str:

@@ -14,7 +14,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from rewards.extract import _ANSWER_LINE, _BOX_CMD, _brace_partners, _clean_inline, normalize_number_text, strip_think
+from rewards.extract import (
+    _ANSWER_LINE,
+    _BOX_CMD,
+    _brace_partners,
+    _clean_inline,
+    box_argument,
+    normalize_number_text,
+    strip_think,
+)
 
 _HIDING_CMD = re.compile(r"\\(?:phantom|hphantom|vphantom|iffalse)(?![A-Za-z])")
 _GSM8K_LINE = re.compile(r"^[ \t]*####[ \t]*(.*)$", re.MULTILINE)
@@ -114,20 +122,12 @@ def top_level_boxes(text: str) -> list[Candidate]:
     for m in _BOX_CMD.finditer(text):
         if m.start() < covered_until:
             continue  # nested in the previous box: part of that answer
-        j = m.end()
-        while j < len(text) and text[j] in " \t":
-            j += 1
-        if j < len(text) and text[j] == "{":
-            close = partners.get(j)
-            if close is None:
-                continue  # unbalanced (e.g. truncated): not an answer
-            content = text[j + 1:close].strip()
-            covered_until = end = close + 1
-        else:
-            k = j
-            while k < len(text) and not text[k].isspace() and text[k] not in "$}":
-                k += 1
-            content, end = text[j:k].strip(), k
+        argument = box_argument(text, m.end(), partners)
+        if argument is None:
+            continue  # unbalanced (e.g. truncated): not an answer
+        content, end = argument
+        if end > m.end() and text[end - 1] == "}":
+            covered_until = end  # a braced box covers what is nested in it
         if content:
             found.append(Candidate(m.start(), content, "boxed", end))
     return found
