@@ -300,6 +300,16 @@ def _wait_for(predicate, timeout: float = 5.0) -> bool:
 
 
 def test_graceful_stop_in_process_sets_flag_then_second_signal_is_default() -> None:
+    # Tests that ran earlier in this process (Ray, vLLM) may have left their own SIGINT handler: start
+    # from Python's default so that "the handler from before" is the one that raises KeyboardInterrupt.
+    suite_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _graceful_stop_round_trip()
+    finally:
+        signal.signal(signal.SIGINT, suite_int)
+
+
+def _graceful_stop_round_trip() -> None:
     before_term = signal.getsignal(signal.SIGTERM)
     before_int = signal.getsignal(signal.SIGINT)
     with GracefulStop() as stop:
