@@ -23,8 +23,20 @@ class RolloutHandle(Protocol):
     def generate(self, prompts: Sequence[Any], sampling: SamplingConfig) -> list[RolloutResult]:
         """G samples per prompt with their token ids, log-probs and finish reasons."""
 
+    def submit(self, prompts: Sequence[Any], sampling: SamplingConfig) -> Any:
+        """Send a generation and return at once (the asynchronous loop tags it with the policy version)."""
+
+    def collect(self, pending: Any) -> list[RolloutResult]:
+        """Wait for a submitted generation."""
+
     def update_weights(self, weights: Any) -> Any:
         """Load new policy weights into every engine (what :meth:`TrainerHandle.weights_for` returns)."""
+
+    def submit_weights(self, weights: Any) -> Any:
+        """Queue an update behind the generations already sent and return at once (object store only)."""
+
+    def finish_weights(self, pending: Any) -> Any:
+        """Wait until a queued update is loaded everywhere."""
 
     def shutdown(self) -> None: ...
 

@@ -47,6 +47,17 @@ class PendingRollout:
     submitted_at: float = field(default_factory=time.perf_counter)
 
 
+@dataclass
+class PendingWeights:
+    """A queued weight update: `RolloutGroup.finish_weights(pending)` waits for it."""
+
+    ref: ray.ObjectRef
+    refs: list
+    num_bytes: float
+    started_at: float
+    serialize_s: float
+
+
 def split_evenly(n: int, parts: int) -> list[tuple[int, int]]:
     """[start, end) ranges of `parts` contiguous shares of n items, sizes differing by at most 1;
     empty shares are dropped."""
@@ -275,6 +286,18 @@ class RolloutGroup:
             return {"num_bytes": stats[0]["num_bytes"], "num_buckets": stats[0]["num_buckets"],
                     "serialize_s": 0.0, "max_actor_load_s": max(s["total_s"] for s in stats),
                     "total_s": time.perf_counter() - t0}
+        return self.finish_weights(self.submit_weights(weights, started_at=t0))
+
+    def submit_weights(self, weights: WeightsLike | bytes | tuple[ray.ObjectRef, int], *,
+                       started_at: float | None = None) -> "PendingWeights":
+        """Queue a full update on every actor and return at once (object-store channel only).
+
+        Each actor runs its calls in the order they were sent, so a generation sent after this call
+        runs with these weights and one sent before it finishes with the old ones: the asynchronous
+        loop relies on this to know which policy version produced each response."""
+        t0 = time.perf_counter() if started_at is None else started_at
+        if isinstance(weights, WeightStream):
+            raise WeightSyncError("a streamed (collective) update cannot be queued: use update_weights")
         if isinstance(weights, tuple) and len(weights) == 2 and isinstance(weights[0], ray.ObjectRef):
             # Already in the object store (the trainer put it there): forward the reference.
             ref, size = weights
@@ -291,21 +314,26 @@ class RolloutGroup:
             ref = ray.put(payload)
         timeout = self.engine_config.weight_update_timeout_s
         refs = [a.update_weights.remote(ref, timeout) for a in self.actors]
+        # A restarted actor gets these weights from now on (they are the newest queued).
+        self._weights_ref = ref
+        return PendingWeights(ref=ref, refs=refs, num_bytes=float(size), started_at=t0, serialize_s=t_ser - t0)
+
+    def finish_weights(self, pending: "PendingWeights") -> dict[str, float]:
+        """Wait until every actor has loaded a queued update; its timing."""
+        timeout = self.engine_config.weight_update_timeout_s
         try:
             # Small margin over the engine's own timeout, which fires first with a clearer error.
-            stats = ray.get(refs, timeout=timeout * 1.5 + 5.0)
+            stats = ray.get(pending.refs, timeout=timeout * 1.5 + 5.0)
         except GetTimeoutError as e:
             raise WeightSyncTimeoutError(
                 f"rollout actors did not finish a weight update within {timeout * 1.5 + 5.0:.0f} s"
             ) from e
-        self._weights_ref = ref
         self.metrics["weight_updates"] += 1
-        t1 = time.perf_counter()
         return {
-            "num_bytes": float(size),
-            "serialize_s": t_ser - t0,
+            "num_bytes": pending.num_bytes,
+            "serialize_s": pending.serialize_s,
             "max_actor_load_s": max(s["total_s"] for s in stats),
-            "total_s": t1 - t0,
+            "total_s": time.perf_counter() - pending.started_at,
         }
 
     # ------------------------------------------------------------- lifecycle

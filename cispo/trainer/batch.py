@@ -28,6 +28,9 @@ class TrainBatch:
     old_log_probs: Tensor | None = None
     rollout_log_probs: Tensor | None = None
     ref_log_probs: Tensor | None = None
+    staleness: Tensor | None = None
+    """[B] integer: trainer version minus the policy version that generated the row (asynchronous
+    rollout); the update reports its importance weights per staleness value."""
 
     @classmethod
     def from_sequences(cls, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
@@ -102,6 +105,10 @@ class TrainBatch:
                 raise ValueError(f"batch.{name} must have shape {expected} with B={shape[0]}, got {_describe(value)}")
         if not self.advantages.is_floating_point() or not bool(torch.isfinite(self.advantages).all()):
             raise ValueError("batch.advantages must be finite floats")
+        if self.staleness is not None and (not torch.is_tensor(self.staleness) or self.staleness.shape != shape[:1]
+                                           or self.staleness.is_floating_point() or bool((self.staleness < 0).any())):
+            raise ValueError(f"batch.staleness must be a [B] integer tensor >= 0 with B={shape[0]}, got "
+                             f"{_describe(self.staleness)}")
         return self
 
     def select(self, rows: Tensor | slice | list[int]) -> "TrainBatch":

@@ -91,3 +91,47 @@ class MismatchAccumulator:
         corr = cov / math.sqrt(var_p * var_q) if var_p > 0 and var_q > 0 else float("nan")
         return {"mismatch/logprob_abs_diff_mean": s["abs_sum"] / n, "mismatch/logprob_abs_diff_max": abs_max,
                 "mismatch/prob_corr": corr}
+
+
+class StalenessISAccumulator:
+    """The importance weight r = pi_theta / pi_old the loss sees on each token at the first pass
+    over its row (epoch 0), grouped by the row's staleness (asynchronous rollout). With pi_old the
+    engine's log-probs, r measures how far the trainer moved since the policy that sampled the row;
+    ``above_cap_frac`` is the share of tokens above 1 + eps_high (where CISPO caps the weight and
+    DAPO/PPO drop the gradient)."""
+
+    def __init__(self, eps_high: float) -> None:
+        self.eps_high = eps_high
+        self.stats: dict[int, list[float]] = {}  # staleness -> [tokens, sum r, max r, tokens above the cap]
+
+    def add(self, log_probs: Tensor, old_log_probs: Tensor, mask: Tensor, staleness: Tensor) -> None:
+        ratio = (log_probs.detach().double() - old_log_probs.to(log_probs.device).double()).exp()
+        sel = mask.bool()
+        for value in staleness.unique().tolist():
+            rows = (staleness.to(sel.device) == value).unsqueeze(1) & sel
+            r = ratio[rows]
+            if r.numel() == 0:
+                continue
+            acc = self.stats.setdefault(int(value), [0.0, 0.0, 0.0, 0.0])
+            acc[0] += r.numel()
+            acc[1] += float(r.sum())
+            acc[2] = max(acc[2], float(r.max()))
+            acc[3] += float((r > 1.0 + self.eps_high).sum())
+
+    def result(self) -> dict[str, float]:
+        """Collective: every rank must call it ({} when no row carried a staleness)."""
+        merged: dict[int, list[float]] = {}
+        for stats in comm.all_gather_objects(self.stats):
+            for value, (n, total, top, above) in stats.items():
+                acc = merged.setdefault(value, [0.0, 0.0, 0.0, 0.0])
+                acc[0] += n
+                acc[1] += total
+                acc[2] = max(acc[2], top)
+                acc[3] += above
+        out: dict[str, float] = {}
+        for value, (n, total, top, above) in sorted(merged.items()):
+            out[f"staleness/is_weight_mean/{value}"] = total / n
+            out[f"staleness/is_weight_max/{value}"] = top
+            out[f"staleness/is_weight_above_cap_frac/{value}"] = above / n
+            out[f"staleness/tokens/{value}"] = n
+        return out

@@ -26,7 +26,7 @@ from cispo.trainer.batch import TrainBatch, group_units, plan_micro_batches, spl
 from cispo.trainer.config import TrainerConfig
 from cispo.trainer.flops import ModelShape, training_flops
 from cispo.trainer.logprobs import PolicyModel, use_fp32_head
-from cispo.trainer.metrics import METRIC_PREFIX, DiagnosticsAccumulator, MismatchAccumulator
+from cispo.trainer.metrics import METRIC_PREFIX, DiagnosticsAccumulator, MismatchAccumulator, StalenessISAccumulator
 from cispo.trainer.optim import build_optimizer, deepspeed_config
 
 log = logging.getLogger(__name__)
@@ -185,13 +185,15 @@ class PolicyWorker:
 
         self.engine.train()
         diagnostics = DiagnosticsAccumulator()
+        by_staleness = StalenessISAccumulator(cfg.eps_high)
         results: list[_StepResult] = []
         empty = 0
         for epoch in range(cfg.ppo_epochs):
             for m in range(n_mini):
                 mini = batch.select(slice(m * local_mini, (m + 1) * local_mini))
                 result = self._train_step(mini, token_budget, diagnostics,
-                                          mismatch if on_policy and epoch == 0 else None)
+                                          mismatch if on_policy and epoch == 0 else None,
+                                          by_staleness if epoch == 0 else None)
                 if result is None:
                     empty += 1
                 else:
@@ -233,10 +235,12 @@ class PolicyWorker:
             metrics["entropy"] = entropy_sum / entropy_tokens
         metrics.update(diagnostics.result(prefix=""))
         metrics.update(mismatch.result())
+        metrics.update(by_staleness.result())
         return {f"{METRIC_PREFIX}{key}": value for key, value in metrics.items()}
 
     def _train_step(self, mini: TrainBatch, token_budget: float, diagnostics: DiagnosticsAccumulator,
-                    mismatch: MismatchAccumulator | None) -> _StepResult | None:
+                    mismatch: MismatchAccumulator | None,
+                    by_staleness: StalenessISAccumulator | None = None) -> _StepResult | None:
         """Forward/backward every micro-batch of one mini-batch, then one optimizer step."""
         cfg = self.config
         agg = cfg.resolved_agg()
@@ -266,6 +270,8 @@ class PolicyWorker:
                 old = micro.old_log_probs if micro.old_log_probs is not None else log_probs.detach()
                 if mismatch is not None and micro.rollout_log_probs is not None:
                     mismatch.add(log_probs.detach(), micro.rollout_log_probs, mask)
+                if by_staleness is not None and micro.staleness is not None:
+                    by_staleness.add(log_probs, old, mask, micro.staleness)
                 loss, metrics = compute_policy_loss(
                     cfg.loss, log_probs, old, micro.advantages, mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
                     agg=cfg.agg, ref_log_probs=micro.ref_log_probs, kl_coef=cfg.kl_coef,
