@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from cispo.batch_log import BatchLog
 from cispo.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state, write_text_atomic
 from cispo.config import TrainConfig, to_dict
 from cispo.console import LOG_LEVELS
@@ -23,6 +24,7 @@ from cispo.evaluation.metrics import EvalMetrics
 from cispo.evaluation.runner import evaluate_dataset
 from cispo.fault_tolerance import checkpoint_write_guard
 from cispo.handles import RolloutHandle, TrainerHandle
+from cispo.pipeline import PolicyVersions
 from cispo.placement import bundle, release, reserve
 from cispo.tracking import MetricsLogger
 from cispo.warmstart import warm_start
@@ -160,7 +162,11 @@ class Components:
         self.keep_rate = KeepRateEstimate(cfg.algorithm.keep_rate_memory)
         if folder.state is not None:
             self._restore(folder.state)
+        # Policy versions queued to the engines (= updates so far); the asynchronous loop tags groups with them.
+        self.versions = PolicyVersions(self.start_step)
+        self.pending_weights: Any = None
         self.logger = open_logger(cfg, self.run_dir, self.start_step if folder.state is not None else None)
+        self.batch_log = BatchLog(self.run_dir, self.start_step if folder.state is not None else None)
         if folder.state is not None and folder.state.get("metrics") and \
                 (self.logger.last_record or {}).get("step", -1) < self.start_step:
             # Crash between the checkpoint and its metrics line: the checkpoint carries the line.
@@ -181,15 +187,21 @@ class Components:
                                 sampling=sampling, reward_cfg=self.cfg.reward)
 
     # ---- checkpoint / resume ----------------------------------------------------------------------
-    def save(self, step: int, metrics: dict[str, Any] | None = None) -> Path | None:
-        """The checkpoint of `step`; None when it could not be written and on_checkpoint_error=skip."""
+    def data_state(self) -> dict[str, Any]:
+        """Where the data stream stands: sampler position (with retired prompts) and keep-rate estimate."""
+        return {"sampler": self.sampler.state_dict(), "consumed_prompts": self.sampler.consumed,
+                "keep_rate": self.keep_rate.state_dict()}
+
+    def save(self, step: int, metrics: dict[str, Any] | None = None,
+             data_state: dict[str, Any] | None = None) -> Path | None:
+        """The checkpoint of `step`; None when it could not be written and on_checkpoint_error=skip.
+        ``data_state``: the data stream as of step `step`'s batch (the asynchronous producer has drawn
+        further); default: as it is now."""
         guard = checkpoint_write_guard(self.cfg.fault_tolerance, step, self.logger.constant_metrics)
         with guard, self.checkpoints.writing(step) as tmp:
             self.trainer.save(tmp / TRAINER_DIR)
-            state = {"step": step, "elapsed": self.elapsed, "sampler": self.sampler.state_dict(),
-                     "consumed_prompts": self.sampler.consumed, "rng": capture_rng_state(),
-                     "keep_rate": self.keep_rate.state_dict(),
-                     "metrics": metrics or {}}
+            state = {"step": step, "elapsed": self.elapsed, **(data_state or self.data_state()),
+                     "rng": capture_rng_state(), "metrics": metrics or {}}
             (tmp / STATE_FILE).write_text(json.dumps(state))
             (tmp / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
         return None if guard.skipped else self.checkpoints.path_for(step)

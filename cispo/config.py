@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from cispo.data import DataConfig
 from cispo.fault_tolerance import FaultToleranceConfig
@@ -26,6 +26,12 @@ from rollout.config import EngineConfig, GroupConfig, SamplingConfig
 
 @dataclass
 class RolloutConfig:
+    mode: Literal["sync", "async"] = "sync"
+    """``sync``: generate -> update -> sync, one after the other. ``async``: a producer keeps generating
+    the next steps' batches with the weights the engines have while the trainer updates, up to
+    ``algorithm.max_staleness`` policy versions behind (PipelineRL, slime's train_async, AReaL); weights
+    are queued to the engines without waiting for them to drain. Pays when rollout and trainer have
+    their own devices; on one 2-core CPU both phases already use every core, so ``sync`` is the default."""
     engine: EngineConfig = field(default_factory=EngineConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     group: GroupConfig = field(default_factory=GroupConfig)
@@ -106,6 +112,16 @@ def load_config(data: Mapping[str, Any]) -> TrainConfig:
     if cfg.algorithm.old_log_probs == "rollout" and cfg.rollout.engine.logprobs_mode != "raw_logprobs":
         raise ConfigError("algorithm.old_log_probs=rollout needs rollout.engine.logprobs_mode=raw_logprobs (the "
                           f"policy's own log-probs), got {cfg.rollout.engine.logprobs_mode!r}")
+    if cfg.rollout.mode == "async":
+        if cfg.rollout.group.weight_sync != "object_store":
+            raise ConfigError(f"rollout.mode=async needs rollout.group.weight_sync=object_store (a queued update), got "
+                              f"{cfg.rollout.group.weight_sync!r}: a streamed update would wait for the engines to "
+                              "finish generating")
+        if cfg.algorithm.max_staleness > 0 and cfg.algorithm.old_log_probs != "rollout":
+            raise ConfigError(f"rollout.mode=async with algorithm.max_staleness={cfg.algorithm.max_staleness} needs "
+                              "algorithm.old_log_probs=rollout: the behaviour policy of a stale sample is the engine's "
+                              "(an older version), and only the engine's own log-probs are that policy's; a trainer "
+                              "recompute would give the current policy's instead")
     unknown_sets = [s for s in cfg.eval.sets if s not in cfg.data.eval]
     if unknown_sets:
         raise ConfigError(f"eval.sets={cfg.eval.sets}: {unknown_sets} not defined in data.eval "

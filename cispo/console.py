@@ -17,8 +17,8 @@ LINE_WIDTH = 100
 """The step line never exceeds this many columns: less important fields are dropped first."""
 TIME_PREFIX = "time/"
 EVAL_ACCURACY_RE = re.compile(r"^eval/(?P<set>[^/]+)/avg@(?P<k>\d+)$")
-PHASE_LABELS = {"generate": "gen", "score": "score", "old_log_probs": "logp", "update": "upd", "sync": "sync",
-                "eval": "eval", "checkpoint": "ckpt"}
+PHASE_LABELS = {"wait_rollout": "wait", "generate": "gen", "score": "score", "old_log_probs": "logp", "update": "upd",
+                "sync": "sync", "eval": "eval", "checkpoint": "ckpt"}
 """Short labels of the phases shown, in the order a step runs them (time/other and totals are not)."""
 LOG_LEVELS = {"warning": logging.WARNING, "info": logging.INFO, "debug": logging.DEBUG}
 

@@ -42,6 +42,7 @@ class PromptSampler(Generic[T]):
         self.epoch = 0
         self.position = 0
         self.consumed = 0
+        self.retired: set[int] = set()
         self._order: list[int] | None = None
 
     def __len__(self) -> int:
@@ -52,16 +53,27 @@ class PromptSampler(Generic[T]):
             self._order = epoch_permutation(len(self.items), self.seed, self.epoch, self.shuffle)
         return self._order
 
+    def retire(self, index: int) -> None:
+        """Never draw item ``index`` again (ScaleRL's no-positive-resampling); saved in the state."""
+        if not 0 <= index < len(self.items):
+            raise ValueError(f"retire({index}): expected an item index in [0, {len(self.items)})")
+        self.retired.add(int(index))
+
     def sample_indices(self, count: int) -> list[int]:
-        """The next `count` item indices (any count >= 0, e.g. more when dynamic sampling asks)."""
+        """The next `count` item indices (any count >= 0, e.g. more when dynamic sampling asks);
+        retired items are passed over."""
         if not isinstance(count, int) or count < 0:
             raise ValueError(f"count={count!r}: expected an integer >= 0")
+        if count and len(self.retired) >= len(self.items):
+            raise ValueError(f"all {len(self.items)} prompts are retired (algorithm.no_positive_resampling): "
+                             "nothing is left to sample; raise the threshold, set it to null, or stop the run earlier")
         indices: list[int] = []
         while len(indices) < count:
             order = self._current_order()
-            take = min(count - len(indices), len(order) - self.position)
-            indices.extend(order[self.position : self.position + take])
-            self.position += take
+            index = order[self.position]
+            self.position += 1
+            if index not in self.retired:
+                indices.append(index)
             if self.position == len(order):
                 self.epoch += 1
                 self.position = 0
@@ -89,6 +101,7 @@ class PromptSampler(Generic[T]):
             "consumed": self.consumed,
             "num_items": len(self.items),
             "shuffle": self.shuffle,
+            "retired": sorted(self.retired),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -112,6 +125,10 @@ class PromptSampler(Generic[T]):
         self.seed = state["seed"]
         self.shuffle = bool(state["shuffle"])
         self.epoch, self.position, self.consumed = state["epoch"], state["position"], state["consumed"]
+        retired = state.get("retired", [])  # absent in states written before no-positive-resampling
+        if not isinstance(retired, list) or any(not isinstance(i, int) or not 0 <= i < len(self.items) for i in retired):
+            raise ValueError(f"sampler state: retired must be a list of item indices in [0, {len(self.items)})")
+        self.retired = set(retired)
         if self.position == len(self.items):  # a state written by a sampler that did not roll over
             self.epoch, self.position = self.epoch + 1, 0
         self._order = None

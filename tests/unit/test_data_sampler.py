@@ -88,3 +88,33 @@ def test_bad_states_and_arguments():
         PromptSampler([])
     with pytest.raises(ValueError, match="seed=-3"):
         PromptSampler(ITEMS, seed=-3)
+
+
+def test_retired_items_are_passed_over_and_kept_in_the_state():
+    s = PromptSampler(list(range(6)), seed=1)
+    order = epoch_permutation(6, 1, 0) + epoch_permutation(6, 1, 1)
+    s.retire(order[1])
+    s.retire(order[4])
+    got = s.sample_indices(6)
+    live = [i for i in order if i not in (order[1], order[4])]
+    assert got == live[:6]
+    state = s.state_dict()
+    assert state["retired"] == sorted([order[1], order[4]])
+    t = PromptSampler(list(range(6)), seed=1)
+    t.load_state_dict(state)
+    assert t.sample_indices(4) == s.sample_indices(4)
+
+
+def test_all_items_retired_is_a_clear_error_and_old_states_load():
+    s = PromptSampler(list(range(3)), seed=0)
+    old = {k: v for k, v in s.state_dict().items() if k != "retired"}
+    for i in range(3):
+        s.retire(i)
+    with pytest.raises(ValueError, match="all 3 prompts are retired"):
+        s.sample_indices(1)
+    with pytest.raises(ValueError, match=r"retire\(3\)"):
+        s.retire(3)
+    s.load_state_dict(old)  # written before no-positive-resampling existed
+    assert s.retired == set() and len(s.sample_indices(2)) == 2
+    with pytest.raises(ValueError, match="retired must be a list"):
+        s.load_state_dict(old | {"retired": [7]})

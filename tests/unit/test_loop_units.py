@@ -10,6 +10,7 @@ import torch
 
 from cispo.config import TrainConfig
 from cispo.loop import Group, train_on_groups
+from cispo.pipeline import PolicyVersions
 from cispo.tracking import PhaseTimer
 from rewards import RewardResult
 from rollout.types import RolloutResult
@@ -47,22 +48,38 @@ class RecordingTrainer:
 class RecordingRollout:
     def __init__(self) -> None:
         self.pushed = []
+        self.finished = []
 
     def generate(self, prompts, sampling):
+        raise AssertionError("train_on_groups never generates")
+
+    def submit(self, prompts, sampling):
+        raise AssertionError("train_on_groups never generates")
+
+    def collect(self, pending):
         raise AssertionError("train_on_groups never generates")
 
     def update_weights(self, weights):
         self.pushed.append(weights)
 
+    def submit_weights(self, weights):
+        self.pushed.append(weights)
+        return len(self.pushed)
+
+    def finish_weights(self, pending):
+        self.finished.append(pending)
+
     def shutdown(self):
         pass
 
 
-def components(old_log_probs: str) -> SimpleNamespace:
+def components(old_log_probs: str, mode: str = "sync") -> SimpleNamespace:
     cfg = TrainConfig()
     cfg.algorithm.old_log_probs = old_log_probs
     cfg.trainer.mini_batch_size = 2
-    return SimpleNamespace(cfg=cfg, pad_token_id=0, trainer=RecordingTrainer(), rollout=RecordingRollout())
+    cfg.rollout.mode = mode
+    return SimpleNamespace(cfg=cfg, pad_token_id=0, trainer=RecordingTrainer(), rollout=RecordingRollout(),
+                           versions=PolicyVersions(0), pending_weights=None)
 
 
 def group() -> Group:
@@ -92,3 +109,18 @@ def test_rollout_mode_uses_the_engine_log_probs_without_a_trainer_pass():
     assert torch.equal(old, c.trainer.batch.rollout_log_probs)
     # Row 0: prompt (2 tokens) then the response's log-probs on positions 2-4; row 1 on position 2.
     assert old[0].tolist() == [0.0, 0.0, -0.5, -1.5, -0.25] and old[1].tolist() == [0.0, 0.0, -2.0, 0.0, 0.0]
+
+
+def test_async_mode_queues_the_weights_and_waits_only_for_the_previous_update():
+    c = components("rollout", mode="async")
+    train_on_groups(c, [group()], PhaseTimer(), staleness=[1])
+    assert c.rollout.pushed == [("weights-ref", 123)] and c.rollout.finished == [] and c.versions.queued == 1
+    assert c.trainer.batch.staleness.tolist() == [1, 1]  # one tag per row of the group
+    train_on_groups(c, [group()], PhaseTimer(), staleness=[0])
+    assert c.rollout.finished == [1] and c.versions.queued == 2 and c.pending_weights == 2
+
+
+def test_sync_mode_counts_a_version_per_update():
+    c = components("rollout")
+    train_on_groups(c, [group()], PhaseTimer())
+    assert c.versions.queued == 1 and c.trainer.batch.staleness is None
