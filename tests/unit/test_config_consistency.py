@@ -72,10 +72,20 @@ def experiment_groups(name: str) -> list[str]:
     raw = yaml.safe_load((CONFIGS / "experiment" / f"{name}.yaml").read_text()) or {}
     out = []
     for entry in raw.get("defaults", []):
-        if isinstance(entry, dict):
+        if isinstance(entry, str) and entry.startswith("/experiment/"):  # a preset built on another
+            out += experiment_groups(entry.removeprefix("/experiment/"))
+        elif isinstance(entry, dict):
             for key, value in entry.items():
                 out.append(f"{key.replace('override /', '')}={value}")
     return out
+
+
+def parent_experiment(name: str) -> str | None:
+    """The preset ``name`` builds on (``- /experiment/<parent>`` in its defaults), if any."""
+    raw = yaml.safe_load((CONFIGS / "experiment" / f"{name}.yaml").read_text()) or {}
+    parents = [e.removeprefix("/experiment/") for e in raw.get("defaults", [])
+               if isinstance(e, str) and e.startswith("/experiment/")]
+    return parents[0] if parents else None
 
 
 def selected_option(group: str, overrides: list[str]) -> str:
@@ -114,7 +124,9 @@ def test_every_experiment_composes_validates_and_sets_only_what_it_changes(name)
     needs = ["model.path=/models/any"] if "model=local" in groups else []
     full = compose_raw([f"experiment={name}", *needs])
     load_config(OmegaConf.to_container(OmegaConf.create(full), resolve=True))
-    without = flat(compose_raw(["~experiment", *groups, *needs]))
+    parent = parent_experiment(name)
+    without = flat(compose_raw([f"experiment={parent}" if parent else "~experiment", *needs]
+                               if parent else ["~experiment", *groups, *needs]))
     repeated = {k: v for k, v in file_keys(CONFIGS / "experiment" / f"{name}.yaml").items()
                 if k in without and without[k] == v}
     assert not repeated, f"configs/experiment/{name}.yaml repeats values it gets anyway: {repeated}"
