@@ -28,8 +28,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
+import logging
 
 G = TypeVar("G")
+log = logging.getLogger(__name__)
 
 
 class PolicyVersions:
@@ -126,7 +128,10 @@ class RolloutProducer(Generic[G]):
         except queue.Empty:
             raise TimeoutError(f"the rollout producer made no batch for step {step} within {timeout_s} s") from None
         if isinstance(item, BaseException):
-            raise RuntimeError(f"the rollout producer failed before step {step}'s batch: {item}") from item
+            # The original exception (its traceback runs through the producer's frames): fault
+            # tolerance classifies a dead or hung engine by its type, wherever it surfaced.
+            log.error("the rollout producer failed while making step %d's batch", step)
+            raise item
         if item.step != step:
             raise RuntimeError(f"the rollout producer handed step {item.step}'s batch for step {step}")
         return item
