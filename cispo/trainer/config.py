@@ -64,8 +64,15 @@ class TrainerConfig:
     batch_size: int = 64
     mini_batch_size: int = 64  # responses per optimizer step; batch / mini_batch steps per rollout batch
     ppo_epochs: int = 1  # passes over the rollout batch (each pass: all its mini-batches)
-    # Padded tokens (rows x longest row) per micro-batch on one rank: bounds activation memory.
+    # Padded tokens (rows x longest row; with sequence_packing, real tokens) per micro-batch on one
+    # rank: bounds activation memory.
     micro_batch_max_tokens: int = 4096
+    # Sequence packing: each micro-batch runs as one row of its rows' real tokens (position ids
+    # restart per row, attention restricted to each row by a per-row causal SDPA call), so no
+    # forward/backward work goes to padding, which is ~19% of the positions with uneven 128-token
+    # responses (actor/perf/padding_frac; benchmarks/results/packing.md). micro_batch_max_tokens then
+    # bounds the real tokens of a micro-batch. Full-attention decoder models (Llama, Qwen2) only.
+    sequence_packing: bool = False
     # Response tokens per LM-head chunk: bounds the [chunk, vocab] logits held at once.
     logprob_chunk_size: int = 1024
     # LM head (hidden @ W^T and the softmax) in fp32 even in bf16: MiniMax-M1's fix for the
@@ -159,6 +166,8 @@ class TrainerConfig:
         if self.lr_schedule == "cosine" and self.warmup_steps >= self.total_steps:
             raise bad("warmup_steps", self.warmup_steps, f"< trainer.total_steps={self.total_steps} for cosine")
 
+        if not isinstance(self.sequence_packing, bool):
+            raise bad("sequence_packing", self.sequence_packing, "true or false")
         if self.mini_batch_size > self.batch_size:
             raise bad("mini_batch_size", self.mini_batch_size,
                       f"<= trainer.batch_size={self.batch_size} (a mini-batch cannot exceed the batch)")

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from cispo.trainer import comm
+from cispo.trainer.packing import LAYOUT_KWARG, enable_packed_attention, pack_rows
 
 
 class FP32Linear(nn.Linear):
@@ -83,14 +84,20 @@ class PolicyModel(nn.Module):
 
     This is the module DeepSpeed wraps, so under ZeRO-3 the body and head gather their parameters
     through their own forward hooks. State-dict keys carry the ``model.`` prefix of ``self.model``.
+
+    ``packing``: the body runs on the rows' real tokens packed into one row, attention per row
+    (cispo/trainer/packing.py); inputs and outputs keep the [B, T] layout.
     """
 
-    def __init__(self, model: nn.Module, chunk: int, *, sync_chunks: bool = False):
+    def __init__(self, model: nn.Module, chunk: int, *, sync_chunks: bool = False, packing: bool = False):
         super().__init__()
         self.model = model
         self.chunk = chunk
         # ZeRO-3 with several ranks: agree on the number of LM-head calls (see chunked_token_log_probs).
         self.sync_chunks = sync_chunks
+        self.packing = packing
+        if packing:
+            enable_packed_attention(model)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor,
                 with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
@@ -100,9 +107,18 @@ class PolicyModel(nn.Module):
         if self.sync_chunks:
             (n_chunks,) = comm.all_max(n_chunks)
         body = getattr(self.model, self.model.base_model_prefix)
-        hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        if self.packing and bool(attention_mask.any()):
+            packed = pack_rows(input_ids, attention_mask)
+            # An all-ones mask: transformers then builds no [L, L] mask; the layout keeps attention per row.
+            hidden = body(input_ids=packed.input_ids, attention_mask=torch.ones_like(packed.input_ids),
+                          position_ids=packed.position_ids, use_cache=False,
+                          **{LAYOUT_KWARG: packed}).last_hidden_state[0]
+            predicting = hidden[packed.index[:, :-1][select]]
+        else:
+            hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+            predicting = hidden[:, :-1][select]
         log_probs, entropy = chunked_token_log_probs(
-            self.model.get_output_embeddings(), hidden[:, :-1][select], input_ids[:, 1:][select],
+            self.model.get_output_embeddings(), predicting, input_ids[:, 1:][select],
             self.chunk, with_entropy=with_entropy, n_chunks=int(n_chunks))
         return _scatter(select, log_probs), (None if entropy is None else _scatter(select, entropy))
 

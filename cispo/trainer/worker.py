@@ -26,6 +26,7 @@ from cispo.trainer.batch import TrainBatch, group_units, plan_micro_batches, spl
 from cispo.trainer.config import TrainerConfig
 from cispo.trainer.flops import ModelShape, training_flops
 from cispo.trainer.logprobs import PolicyModel, use_fp32_head
+from cispo.trainer.packing import plan_packed_micro_batches
 from cispo.trainer.metrics import METRIC_PREFIX, DiagnosticsAccumulator, MismatchAccumulator, StalenessISAccumulator
 from cispo.trainer.optim import build_optimizer, deepspeed_config
 
@@ -92,7 +93,7 @@ class PolicyWorker:
         if cfg.lm_head_fp32:
             use_fp32_head(model)
         policy = PolicyModel(model, cfg.logprob_chunk_size,
-                             sync_chunks=cfg.zero_stage == 3 and cfg.world_size > 1)
+                             sync_chunks=cfg.zero_stage == 3 and cfg.world_size > 1, packing=cfg.sequence_packing)
         if not train:
             policy.requires_grad_(False)
             engine, *_ = deepspeed.initialize(model=policy, config=deepspeed_config(cfg, train=False),
@@ -131,12 +132,17 @@ class PolicyWorker:
             raise ValueError("no reference model: it is loaded only when trainer.kl_coef > 0")
         return self._forward(self.ref_engine, batch, with_entropy=False)[0]
 
+    def _plan(self, lengths: Tensor, units: list[list[int]]) -> list[list[int]]:
+        """Micro-batches of at most ``micro_batch_max_tokens`` padded (or, packed, real) tokens."""
+        plan = plan_packed_micro_batches if self.config.sequence_packing else plan_micro_batches
+        return plan(lengths, units, self.config.micro_batch_max_tokens)
+
     def _forward(self, engine, batch: TrainBatch, *, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
         batch.validate()
         was_training = engine.training
         engine.eval()
         units = group_units(batch.group_ids, keep_groups=False)
-        plan = plan_micro_batches(batch.lengths(), units, self.config.micro_batch_max_tokens)
+        plan = self._plan(batch.lengths(), units)
         # ZeRO-3 all-gathers weights inside every forward: all ranks must run the same number.
         (target,) = comm.all_max(len(plan))
         log_probs = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
@@ -248,7 +254,7 @@ class PolicyWorker:
         if normalizer == 0:
             return None
         units = group_units(mini.group_ids, keep_groups=agg == "prompt-mean")
-        plan = plan_micro_batches(mini.lengths(), units, cfg.micro_batch_max_tokens)
+        plan = self._plan(mini.lengths(), units)
         (target,) = comm.all_max(len(plan))
         local_loss, nonfinite, entropy_sum, entropy_tokens = 0.0, False, 0.0, 0.0
         real_tokens, padded_tokens = 0.0, 0.0
@@ -259,7 +265,9 @@ class PolicyWorker:
             mask = micro.response_mask
             if rows is not None:
                 real_tokens += float(micro.attention_mask.sum())
-                padded_tokens += float(micro.attention_mask.numel())
+                # Positions the model ran on: packed micro-batches have no padding.
+                padded_tokens += float(micro.attention_mask.sum() if cfg.sequence_packing
+                                       else micro.attention_mask.numel())
             if rows is None:
                 # A padding pass so every rank runs as many backward passes (ZeRO-2/3 reduce in them).
                 loss = log_probs.sum() * 0.0
