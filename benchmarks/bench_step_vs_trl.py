@@ -57,6 +57,8 @@ VARIANTS = {
     "ours-1-thread-vllm": ["rollout.engine.omp_threads_bind=auto"],
     # pi_old from vLLM's own log-probs (fp32 engine == trainer to ~1e-5): no trainer pass before the update.
     "ours-rollout-logprobs": ["rollout.engine.omp_threads_bind=all", "algorithm.old_log_probs=rollout"],
+    # The fused AdamW kernel (last bits differ from torch's loop; benchmarks/results/update_profile.md).
+    "ours-fused-adam": ["rollout.engine.omp_threads_bind=all", "trainer.adam_impl=fused"],
 }
 
 
@@ -100,17 +102,20 @@ def trl_spec(model: str, steps: int) -> dict:
     }
 
 
-def run_ours(model: str, steps: int, extra: list[str], out: Path) -> dict:
+def run_ours(model: str, steps: int, extra: list[str], out: Path, env: dict[str, str] | None = None) -> dict:
     """One training run of ours (fresh process); per-step times of the counted steps."""
     run_dir = out / "run"
     cmd = [sys.executable, "-m", "cispo.train", *MODELS[model], *OURS_COMMON, *extra, f"total_steps={steps}",
            f"run_dir={run_dir}"]
-    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=(out / "stderr.txt").open("w"))
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=(out / "stderr.txt").open("w"),
+                   env=dict(os.environ, **(env or {})))
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     counted = [r for r in records if 1 < r["step"] < steps]
     phases = {k.removeprefix("time/"): statistics.median(r[k] for r in counted)
               for k in counted[0] if k.startswith("time/") and k not in ("time/total_elapsed", "time/step")}
     return {"step_s": [r["time/step"] for r in counted], "phases": phases,
+            "update_s": [r["time/update"] for r in counted],
+            "mfu": [r["actor/perf/mfu"] for r in counted if "actor/perf/mfu" in r],
             "response_tokens": statistics.median(r["response_length/mean"] for r in counted),
             "reward": statistics.mean(r["reward/mean"] for r in records if "reward/mean" in r),
             "padding": statistics.median(r.get("actor/perf/padding_frac", float("nan")) for r in counted)}
@@ -179,12 +184,112 @@ def trl_worker(out: Path) -> None:
         "reward": statistics.mean(rewards), "response_tokens": statistics.median(lengths)}))
 
 
+class ForeignLoad:
+    """Samples, once a second, the CPU used by processes that are NOT this script or its descendants
+    (other users of the shared machine): the mean over a run is reported per block, since such load
+    slows whichever side it overlaps (measured: our update at ~1 core instead of ~1.9 while another
+    user's unit tests ran, 25 s instead of 15 s)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.hz = os.sysconf("SC_CLK_TCK")
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _procs() -> dict[int, tuple[int, int]]:
+        out = {}
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            fields = text[text.rindex(")") + 2:].split()
+            out[int(name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime + stime
+        return out
+
+    def _foreign(self, procs: dict[int, tuple[int, int]]) -> set[int]:
+        mine, me = set(), os.getpid()
+        for pid in procs:
+            chain, cur = [], pid
+            while cur > 1 and cur not in mine and cur != me:
+                chain.append(cur)
+                cur = procs.get(cur, (0, 0))[0]
+            if cur == me or cur in mine:
+                mine.update(chain)
+        return {pid for pid in procs if pid not in mine and pid != me}
+
+    def _run(self) -> None:
+        prev, t_prev = self._procs(), time.perf_counter()
+        while not self._stop.wait(1.0):
+            cur, t = self._procs(), time.perf_counter()
+            foreign = self._foreign(cur)
+            ticks = sum(cur[p][1] - prev[p][1] for p in foreign if p in prev)
+            self.samples.append(100.0 * ticks / self.hz / (t - t_prev))
+            prev, t_prev = cur, t
+
+    def __enter__(self) -> "ForeignLoad":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def mean(self) -> float:
+        return statistics.mean(self.samples) if self.samples else 0.0
+
+
+def gemm_ceiling() -> float:
+    """fp32 GEMM FLOP/s of this machine on the trainer's threads (all cores: one rank), measured here
+    in the same run and passed to our runs as ``trainer.peak_flops`` (then they report actor/perf/mfu)."""
+    import torch
+
+    from cispo.trainer.flops import measure_fp32_gemm_flops
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    return round(measure_fp32_gemm_flops())
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    flags = fields.get("Flags", "").split()
+    isa = "/".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags)
+    return (f"{fields.get('Model name', '?').strip()} (family {fields.get('CPU family', '?').strip()}), "
+            f"{fields.get('CPU(s)', '?').strip()} CPUs, {isa}")
+
+
+def bootstrap_median(values: list[float], n: int = 10000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the median, resampling ``values`` (one per paired block)."""
+    import random
+
+    rng = random.Random(seed)
+    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(n))
+    return meds[int(0.025 * n)], meds[int(0.975 * n) - 1]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["smollm2", "smollm2-long", "tiny"], choices=sorted(MODELS))
-    parser.add_argument("--steps", type=int, default=5, help="steps per run (first and last not counted)")
-    parser.add_argument("--reps", type=int, default=2)
-    parser.add_argument("--variants", nargs="+", default=["ours", "ours-1-thread-vllm"], choices=sorted(VARIANTS))
+    parser.add_argument("--steps", type=int, default=4, help="steps per run (first and last not counted)")
+    parser.add_argument("--pairs", type=int, default=6, help="paired blocks (one run of every side each)")
+    parser.add_argument("--sides", nargs="+", default=["ours", "trl"], choices=["trl", *sorted(VARIANTS)],
+                        help="the ratio is each side over the last one (the reference)")
+    parser.add_argument("--budget-s", type=float, default=0.0,
+                        help="start no new pair that would end past this many seconds (0: no limit)")
+    parser.add_argument("--append", action="store_true",
+                        help="pool with the stored blocks of the same model, sides and steps (several lock holds)")
+    parser.add_argument("--env", nargs="*", default=[], help="KEY=VALUE set for our runs (a candidate fix)")
+    parser.add_argument("--label", default="", help="names this measurement in the table")
     parser.add_argument("--trl-worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.trl_worker:
@@ -192,67 +297,143 @@ def main() -> int:
         return 0
     if args.steps < 3:
         parser.error("--steps must be >= 3 (the first and the last step are not counted)")
-    rows = []
+    extra_env = dict(kv.split("=", 1) for kv in args.env)
+    t_start = time.perf_counter()
+    peak = gemm_ceiling()
     for model in args.models:
-        spec = trl_spec(model, args.steps)
-        times: dict[str, list[float]] = {"trl": [], **{v: [] for v in args.variants}}
-        quality: dict[str, list[tuple[float, float]]] = {k: [] for k in times}
-        phases: dict[str, list[dict]] = {v: [] for v in args.variants}
-        for rep in range(args.reps):
-            sides = ["trl", *args.variants]
-            for side in sides if rep % 2 == 0 else sides[::-1]:
+        spec = trl_spec(model, args.steps) if "trl" in args.sides else None
+        blocks: list[dict] = []
+        load_start = os.getloadavg()
+        pair_s = 0.0
+        for pair in range(args.pairs):
+            elapsed = time.perf_counter() - t_start
+            if args.budget_s and pair and elapsed + pair_s > args.budget_s:
+                print(f"budget: stopping after {pair} pairs ({elapsed:.0f} s)", flush=True)
+                break
+            t_pair = time.perf_counter()
+            block = {"order": [], "load": round(os.getloadavg()[0], 2)}
+            for side in args.sides if pair % 2 == 0 else args.sides[::-1]:
                 with tempfile.TemporaryDirectory(prefix=f"bench_{side}_") as tmp:
                     t0 = time.perf_counter()
-                    if side == "trl":
-                        result = run_trl(spec, Path(tmp))
-                    else:
-                        result = run_ours(model, args.steps, VARIANTS[side], Path(tmp))
-                        phases[side].append(result["phases"])
-                    times[side] += result["step_s"]
-                    quality[side].append((result["reward"], result["response_tokens"]))
-                    print(f"{model} {side} rep {rep}: steps {['%.1f' % s for s in result['step_s']]} "
-                          f"(run {time.perf_counter() - t0:.0f} s)", flush=True)
-        trl = statistics.median(times["trl"])
-        for side in args.variants:
-            ours = statistics.median(times[side])
-            ph = {k: statistics.median(p[k] for p in phases[side]) for k in phases[side][0]}
-            rows.append({"model": model, "side": side, "ours": ours, "trl": trl, "phases": ph,
-                         "counted": f"{len(times[side])}/{len(times['trl'])}", "q_ours": mean_quality(quality[side]),
-                         "q_trl": mean_quality(quality["trl"]), "load": round(os.getloadavg()[0], 1),
-                         "command": f"--models {model} --steps {args.steps} --reps {args.reps}"})
-    write_result(rows)
+                    with ForeignLoad() as foreign:
+                        if side == "trl":
+                            result = run_trl(spec, Path(tmp))
+                        else:
+                            result = run_ours(model, args.steps, [*VARIANTS[side], f"trainer.peak_flops={peak}"],
+                                              Path(tmp), extra_env)
+                    result["foreign_cpu"] = round(foreign.mean(), 1)
+                    block[side] = result
+                    block["order"].append(side)
+                    print(f"{model} pair {pair} {side}: steps {['%.1f' % s for s in result['step_s']]} "
+                          + (f"update {['%.1f' % s for s in result['update_s']]} " if "update_s" in result else "")
+                          + f"(run {time.perf_counter() - t0:.0f} s, foreign CPU {result['foreign_cpu']:.0f}%)",
+                          flush=True)
+            blocks.append(block)
+            pair_s = max(pair_s, time.perf_counter() - t_pair)
+        args.peak = peak
+        write_result(model, args, blocks, load_start, os.getloadavg())
     return 0
 
 
-def mean_quality(pairs: list[tuple[float, float]]) -> str:
-    return f"{statistics.mean(p[0] for p in pairs):.2f} / {statistics.mean(p[1] for p in pairs):.1f}"
+def summarize(model: str, sides: list[str], steps: int, blocks: list[dict]) -> list[dict]:
+    ref = sides[-1]
+    rows = []
+    for side in sides[:-1]:
+        ratios = [statistics.median(b[side]["step_s"]) / statistics.median(b[ref]["step_s"]) for b in blocks]
+        lo, hi = bootstrap_median(ratios)
+        ours = [s for b in blocks for s in b[side]["step_s"]]
+        theirs = [s for b in blocks for s in b[ref]["step_s"]]
+        row = {"model": model, "side": side, "ref": ref, "pairs": len(blocks), "ratio": statistics.median(ratios),
+               "lo": lo, "hi": hi, "ratios": ratios, "side_s": statistics.median(ours), "ref_s": statistics.median(theirs),
+               "steps": steps}
+        if "phases" in blocks[0][side]:
+            keys = blocks[0][side]["phases"]
+            row["phases"] = {k: statistics.median(b[side]["phases"][k] for b in blocks) for k in keys}
+            ups = [u for b in blocks for u in b[side]["update_s"]]
+            row["update"] = {"median": statistics.median(ups), "min": min(ups), "max": max(ups),
+                             "block_medians": [statistics.median(b[side]["update_s"]) for b in blocks]}
+            mfus = [u for b in blocks for u in b[side].get("mfu", [])]
+            row["mfu"] = statistics.median(mfus) if mfus else None
+        row["foreign"] = [[b[side].get("foreign_cpu"), b[ref].get("foreign_cpu")] for b in blocks]
+        for name, key in (("q_side", side), ("q_ref", ref)):
+            row[name] = (f"{statistics.mean(b[key]['reward'] for b in blocks):.2f} / "
+                         f"{statistics.mean(b[key]['response_tokens'] for b in blocks):.1f}")
+        rows.append(row)
+    return rows
 
 
-def write_result(rows: list[dict]) -> None:
-    stored = json.loads(STORE.read_text()) if STORE.exists() else []
-    fresh = {(r["model"], r["side"]) for r in rows}
-    rows = [r for r in stored if (r["model"], r["side"]) not in fresh] + rows
-    rows.sort(key=lambda r: (list(MODELS).index(r["model"]), r["side"]))
+def write_result(model: str, args: argparse.Namespace, blocks: list[dict], load_start, load_end) -> None:
+    stored = json.loads(STORE.read_text()) if STORE.exists() else {}
+    if not isinstance(stored, dict):  # the single-draw rows of the first version
+        stored = {}
+    key = f"{model}|{'+'.join(args.sides)}|{args.steps}|{' '.join(args.env)}"
+    entry = stored.get(key) if args.append else None
+    loads = [round(x, 2) for x in (load_start[0], load_end[0])]
+    if entry:
+        entry["blocks"] += blocks
+        entry["loads"] += [loads]
+        entry["commands"].append(" ".join(sys.argv[1:]))
+    else:
+        entry = {"model": model, "sides": args.sides, "steps": args.steps, "env": args.env, "blocks": blocks,
+                 "loads": [loads], "commands": [" ".join(sys.argv[1:])], "label": args.label}
+    entry["cpu"] = cpu_model()
+    entry.setdefault("gemm_flops", []).append(args.peak)
+    entry["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    entry["summary"] = summarize(model, args.sides, args.steps, entry["blocks"])
+    stored[key] = entry
     STORE.parent.mkdir(parents=True, exist_ok=True)
-    STORE.write_text(json.dumps(rows, indent=1) + "\n")
+    STORE.write_text(json.dumps(stored, indent=1) + "\n")
+    render(stored)
+
+
+def _pct(x: float | None) -> str:
+    return "?" if x is None else f"{x:.0f}"
+
+
+def render(stored: dict) -> None:
     lines = ["# End-to-end RL step vs TRL GRPOTrainer(loss_type=\"cispo\")", "",
-             "`.venv/bin/python benchmarks/bench_step_vs_trl.py <options in the table>`. Same model, prompts, G = 4, "
-             "max new tokens, mini-batches (8 prompts x 4 = 32 responses, 4 optimizer steps per rollout batch), "
-             "AdamW settings, fp32, CISPO with the same weight cap; TRL generates with transformers `generate` "
-             "(TRL's CPU path), we with vLLM. Median seconds per RL step over the counted steps (first and last "
-             "step of each run excluded). `smollm2`: the default job's setting (warm-started, answers of ~8 "
-             "tokens, cap 32); `smollm2-long`: no warm start, responses run to the 128-token cap; `tiny`: the "
-             "smoke-test model. `ours-1-thread-vllm`: our engine on one core (vLLM's `auto` binding, the "
-             "setting before the change); `ours-rollout-logprobs`: `algorithm.old_log_probs=rollout`.", "",
-             "Reward / tokens: mean training reward and median mean response length per side (both sides do "
-             "the same work).", "",
-             "| setting | ours | ours s/step | TRL s/step | ratio ours/TRL (goal <= 0.5) | our phases (median s) "
-             "| steps counted (ours/TRL) | reward / tokens, ours | reward / tokens, TRL | options | load |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        phase_text = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["phases"].items(), key=lambda kv: -kv[1]) if v >= 0.05)
-        lines.append(f"| {r['model']} | {r['side']} | {r['ours']:.2f} | {r['trl']:.2f} | **{r['ours'] / r['trl']:.2f}** "
-                     f"| {phase_text} | {r['counted']} | {r['q_ours']} | {r['q_trl']} | `{r['command']}` | {r['load']} |")
+             "`.venv/bin/python benchmarks/bench_step_vs_trl.py <options in the table>` (under the shared lock). "
+             "Same model, prompts, G = 4, max new tokens, mini-batches (8 prompts x 4 = 32 responses, 4 optimizer "
+             "steps per rollout batch), AdamW settings, fp32, CISPO with the same weight cap; TRL generates with "
+             "transformers `generate` (TRL's CPU path), we with vLLM. `smollm2`: the default job's setting "
+             "(warm-started, answers of ~8 tokens, cap 32); `smollm2-long`: no warm start, responses run to the "
+             "128-token cap; `tiny`: the smoke-test model.", "",
+             "Method: the sides run block by block, alternating (A B, B A, A B, ...); a block is one fresh run of "
+             "`--steps` RL steps of which the first (start-up) and the last (final eval + checkpoint) are not "
+             "counted. Per pair of blocks: ratio = median counted step of the side / that of the reference in the "
+             "same pair. Reported: the median of the pair ratios and a bootstrap 95% interval of it (10,000 "
+             "resamples of the pairs; with few pairs the interval is coarse and can be as wide as the spread of the "
+             "pairs). Seconds per step are medians over all counted steps. Load: 1-minute load average at the "
+             "start and end of each run of the script (the machine is shared). Foreign CPU: mean CPU % (100 = one "
+             "core) used during each block by processes outside the benchmark's process tree (other users), "
+             "sampled once a second.", ""]
+    for entry in stored.values():
+        gemm = ", ".join(f"{g / 1e9:.0f}" for g in entry.get("gemm_flops", []))
+        lines.append(f"CPU of the `{entry['model']}` / {' vs '.join(entry['sides'])} measurement: {entry['cpu']}; "
+                     f"fp32 GEMM ceiling (2048-square, all cores, measured in the run: `trainer.peak_flops`) {gemm} "
+                     f"GFLOP/s; {entry['date']}.")
+    lines += ["", "| setting | side / reference | pairs | ratio, median of pairs | 95% interval | side s/step | "
+              "reference s/step | pair ratios | our phases (median s) | our update s: median (min-max) | update MFU | "
+              "reward / tokens, side | reward / tokens, reference | options | load start-end | foreign CPU % per pair "
+              "(side, reference) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for entry in stored.values():
+        for r in entry["summary"]:
+            phases = r.get("phases", {})
+            phase_text = ", ".join(f"{k} {v:.1f}" for k, v in sorted(phases.items(), key=lambda kv: -kv[1])
+                                   if v >= 0.05) or "-"
+            up = r.get("update")
+            up_text = f"{up['median']:.1f} ({up['min']:.1f}-{up['max']:.1f})" if up else "-"
+            env = f" env {' '.join(entry['env'])}" if entry["env"] else ""
+            lines.append(
+                f"| {r['model']}{' ' + entry['label'] if entry.get('label') else ''} | {r['side']} / {r['ref']} "
+                f"| {r['pairs']} | **{r['ratio']:.2f}** | {r['lo']:.2f}-{r['hi']:.2f} | {r['side_s']:.2f} "
+                f"| {r['ref_s']:.2f} | {', '.join('%.2f' % x for x in r['ratios'])} | {phase_text} | {up_text} "
+                f"| {'%.2f' % r['mfu'] if r.get('mfu') else '-'} "
+                f"| {r['q_side']} | {r['q_ref']} | `--models {r['model']} --sides {' '.join(entry['sides'])} "
+                f"--steps {r['steps']}{env}` | "
+                f"{'; '.join(f'{a}-{b}' for a, b in entry['loads'])} | "
+                f"{'; '.join(_pct(a) + ', ' + _pct(b) for a, b in r.get('foreign', []))} |")
     RESULT.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

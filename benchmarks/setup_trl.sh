@@ -4,7 +4,7 @@
 # both sides) and adds only TRL and what it needs on top. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TRL_VERSION=1.16.0
+TRL_VERSION=${TRL_VERSION:-1.16.0}  # override where only another version is reachable (e.g. an offline mirror)
 if [ -x .venv-trl/bin/python ] && .venv-trl/bin/python -c "import trl, sys; sys.exit(trl.__version__ != '$TRL_VERSION')" 2>/dev/null; then
   exit 0
 fi
