@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -56,12 +57,42 @@ def final_weights(run_dir: Path) -> dict:
     return load_file(str(run_dir / "checkpoints" / latest / "trainer" / "model" / "model.safetensors"))
 
 
-def test_quick_run_learns_logs_and_checkpoints(ray_cluster, tmp_path):
-    run_dir = run(tmp_path / "run", "total_steps=3", "logger=offline")
+@pytest.fixture(scope="module")
+def sweep_job(tmp_path_factory):
+    """`python -m cispo.train -m` over the non-default algorithm presets, launched as soon as a test of this
+    module asks for it (the first one does): the sweep's jobs, in their own processes with their own Ray,
+    then run alongside the in-process runs instead of after them. Nothing in either measures time."""
+    sweep = tmp_path_factory.mktemp("multirun") / "sweep"
+    log = sweep.with_suffix(".log")
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "cispo.train", "-m", "experiment=quick", "logger=disabled",
+                                 "algorithm=dapo,grpo", "total_steps=1", "eval.at_start=false",
+                                 f"hydra.sweep.dir={sweep}"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    yield proc, sweep, log
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+# eval.every=2: the first half of the resumed run evaluates at its last step (2) like the straight one.
+RESUME_COMMON = ("checkpoint.save_every=2", "eval.every=2")
+
+
+@pytest.fixture(scope="module")
+def straight(ray_cluster, tmp_path_factory) -> Path:
+    """One quick run that several tests read (each run costs ~20 s of worker start-up): 4 steps,
+    checkpoints at 2 and 4, eval at 0, 2 and 4 (eval.every=2), wandb offline. Tests that alter its files
+    work on a copy."""
+    return run(tmp_path_factory.mktemp("straight") / "run", *RESUME_COMMON, "total_steps=4", "logger=offline")
+
+
+def test_quick_run_learns_logs_and_checkpoints(sweep_job, straight):  # sweep_job: started first, checked last
+    run_dir = straight
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 1 and list(offline[0].glob("*.wandb")), "wandb's offline run (what `wandb sync` uploads)"
     records = read_metrics(run_dir / "metrics.jsonl")
-    assert [r["step"] for r in records] == [0, 1, 2, 3]
+    assert [r["step"] for r in records] == [0, 1, 2, 3, 4]
     assert "eval/heldout/avg@2" in records[0] and "eval/heldout/avg@2" in records[-1]
     for r in records[1:]:
         for key in ("reward/mean", "actor/loss", "actor/dropped_token_frac", "time/generate", "time/score", "time/update",
@@ -71,18 +102,15 @@ def test_quick_run_learns_logs_and_checkpoints(ray_cluster, tmp_path):
     for r in records[2:]:  # sampled by vLLM after a weight sync: vLLM's log-probs are the trainer's
         assert r["actor/mismatch/logprob_abs_diff_max"] < 1e-3, r["actor/mismatch/logprob_abs_diff_max"]
     saved = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    assert "step_00000003" in saved and "latest" in saved
-    state = json.loads((run_dir / "checkpoints" / "step_00000003" / "trainer_state.json").read_text())
-    assert state["step"] == 3 and state["consumed_prompts"] >= 3 * 4
+    assert "step_00000004" in saved and "latest" in saved
+    state = json.loads((run_dir / "checkpoints" / "step_00000004" / "trainer_state.json").read_text())
+    assert state["step"] == 4 and state["consumed_prompts"] >= 4 * 4
     assert (run_dir / "config.yaml").is_file()
 
 
-def test_resume_continues_exactly(ray_cluster, tmp_path):
-    # eval.every=2: the first half of the resumed run evaluates at its last step (2) like the straight one.
-    common = ("checkpoint.save_every=2", "eval.every=2")
-    straight = run(tmp_path / "straight", "total_steps=4", *common)
-    run(tmp_path / "resumed", "total_steps=2", *common)
-    resumed = run(tmp_path / "resumed", "total_steps=4", *common)
+def test_resume_continues_exactly(straight, tmp_path):
+    run(tmp_path / "resumed", "total_steps=2", *RESUME_COMMON)
+    resumed = run(tmp_path / "resumed", "total_steps=4", *RESUME_COMMON)
     a, b = final_weights(straight), final_weights(resumed)
     assert a.keys() == b.keys()
     for name in a:
@@ -91,15 +119,6 @@ def test_resume_continues_exactly(ray_cluster, tmp_path):
     # Training really moved the weights between the two checkpoints (else the comparison is vacuous).
     step2 = load_file(str(straight / "checkpoints" / "step_00000002" / "trainer" / "model" / "model.safetensors"))
     assert any((step2[n] != a[n]).any() for n in a)
-
-
-@pytest.mark.parametrize("algorithm", ["dapo", "grpo"])
-def test_each_algorithm_preset_runs_a_step(ray_cluster, tmp_path, algorithm):
-    run_dir = run(tmp_path / algorithm, f"algorithm={algorithm}", "total_steps=1", "eval.at_start=false")
-    (record,) = read_metrics(run_dir / "metrics.jsonl")
-    assert record["actor/optimizer_steps"] >= 1
-    if algorithm == "grpo":
-        assert record["actor/kl_ref"] >= 0.0
 
 
 def test_dynamic_sampling_cap_trains_on_what_it_has(ray_cluster, tmp_path):
@@ -112,13 +131,14 @@ def test_dynamic_sampling_cap_trains_on_what_it_has(ray_cluster, tmp_path):
     assert "actor/loss" not in record
 
 
-def test_corrupted_checkpoint_falls_back_to_the_previous_one(ray_cluster, tmp_path):
-    run_dir = run(tmp_path / "run", "total_steps=2", "checkpoint.save_every=1", "eval.at_start=false")
-    weights = run_dir / "checkpoints" / "step_00000002" / "trainer" / "model" / "model.safetensors"
+def test_corrupted_checkpoint_falls_back_to_the_previous_one(straight, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(straight, run_dir, ignore=shutil.ignore_patterns("wandb"))  # the straight run stays intact
+    weights = run_dir / "checkpoints" / "step_00000004" / "trainer" / "model" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     from cispo.checkpoint import CheckpointManager
 
-    assert CheckpointManager(run_dir, keep_last=2).find_resume("auto").name == "step_00000001"
+    assert CheckpointManager(run_dir, keep_last=2).find_resume("auto").name == "step_00000002"
 
 
 def test_bad_config_fails_before_anything_starts(tmp_path):
@@ -166,19 +186,21 @@ def test_sigterm_during_a_step_checkpoints_and_exits(tmp_path):
     assert "checkpoint step" in (run_dir / "train.log").read_text()
 
 
-def test_multirun_sweep_feeds_the_comparison_report(tmp_path):
-    sweep = tmp_path / "sweep"
-    proc = subprocess.run([sys.executable, "-m", "cispo.train", "-m", "experiment=quick", "logger=disabled",
-                           "algorithm=cispo,dapo", "total_steps=1", "eval.at_start=false",
-                           f"hydra.sweep.dir={sweep}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+def test_multirun_sweep_runs_each_algorithm_preset_and_feeds_the_comparison_report(sweep_job, tmp_path):
+    """A Hydra multirun over the non-default algorithm presets (the cispo default runs in the tests above):
+    each preset runs a step, each job gets its folder, and cispo.compare reports on the sweep."""
+    proc, sweep, log = sweep_job
+    assert proc.wait(timeout=600) == 0, log.read_text()[-5000:]
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
-    assert jobs == ["0_cispo_s0", "1_dapo_s0"]
+    assert jobs == ["0_dapo_s0", "1_grpo_s0"]
     for job in jobs:
-        assert [r["step"] for r in read_metrics(sweep / job / "metrics.jsonl")] == [1]
+        records = read_metrics(sweep / job / "metrics.jsonl")
+        assert [r["step"] for r in records] == [1]
+        assert records[0]["actor/optimizer_steps"] >= 1, job
+    assert read_metrics(sweep / "1_grpo_s0" / "metrics.jsonl")[0]["actor/kl_ref"] >= 0.0
     out = tmp_path / "report"
     proc = subprocess.run([sys.executable, "-m", "cispo.compare", str(sweep), "--out", str(out), "--no-plots"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = (out / "report.md").read_text()
-    assert "cispo" in report and "dapo" in report
+    assert "dapo" in report and "grpo" in report
