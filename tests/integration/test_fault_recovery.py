@@ -21,7 +21,8 @@ from cispo.tracking import read_metrics
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-HANG_TIMEOUT_S = 20  # fault_tolerance.call_timeout_s in the test: a stopped worker is declared hung after this
+HANG_TIMEOUT_S = 10  # fault_tolerance.call_timeout_s in the test: a stopped worker is declared hung after this
+# (a quick step's longest call takes ~2 s on two busy cores, the first after a rebuild included)
 
 
 def _bench():
@@ -42,10 +43,46 @@ def _wait(predicate, timeout: float, proc) -> bool:  # noqa: ANN001
     return False
 
 
-def test_hung_then_killed_trainer_is_recovered_in_run_identically(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The untouched run the hung-then-killed run must end exactly as. Launched when the module starts, so
+    that it runs alongside the no-restarts test's run (neither measures time; the hang test, which
+    does, starts its own run only once this one has ended)."""
+    path = tmp_path_factory.mktemp("chaos") / "reference"
+    proc = _bench().launch(path)
+    yield proc, path
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_no_restarts_left_stops_with_a_message_and_exit_code(reference, tmp_path: Path) -> None:
+    # `reference` (unused here) runs meanwhile: this test comes first so that the two runs overlap.
     chaos = _bench()
-    reference = tmp_path / "reference"
-    assert chaos.launch(reference).wait(timeout=chaos.RUN_TIMEOUT_S) == 0
+    run = tmp_path / "run"
+    log = tmp_path / "run.log"
+    proc = chaos.launch(run, "fault_tolerance.max_restarts=0", "total_steps=50", log=log)
+    watch = chaos.WorkerWatch(run)
+    try:
+        workers = chaos.wait_workers(watch, proc)
+        assert chaos.wait_for_step(run, 1, proc)
+        os.kill(next(w for w in workers if w["role"] == "trainer")["pid"], signal.SIGKILL)
+        code = chaos.finish(proc, watch)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    out = log.read_text()
+    assert code == EXIT_WORKER_FAILURE, out[-3000:]
+    message = next(line for line in out.splitlines() if "stopping:" in line)
+    assert "died" in message and "max_restarts=0" in message and "resumes from checkpoint step_" in message
+    assert "Traceback" not in out.split("stopping:")[-1]  # no traceback wall after the message
+    assert [e["action"] for e in iter_events(run)] == ["stop"]
+    assert chaos.orphans_after(watch) == []
+
+
+def test_hung_then_killed_trainer_is_recovered_in_run_identically(reference, tmp_path: Path) -> None:
+    chaos = _bench()
+    ref_proc, reference = reference
+    assert ref_proc.wait(timeout=chaos.RUN_TIMEOUT_S) == 0, reference.with_suffix(".log").read_text()[-3000:]
 
     run = tmp_path / "run"
     proc = chaos.launch(run, f"fault_tolerance.call_timeout_s={HANG_TIMEOUT_S}", "fault_tolerance.max_restarts=2")
@@ -75,27 +112,4 @@ def test_hung_then_killed_trainer_is_recovered_in_run_identically(tmp_path: Path
     assert events[0]["where"].startswith("TrainerGroup.") and events[0]["worker"] == events[1]["worker"] == "PolicyActor"
     assert chaos.compare(reference, run) == []  # same lines, same weights, every checkpoint verifies
     assert read_metrics(run)[-1][RESTARTS_KEY] == 2
-    assert chaos.orphans_after(watch) == []
-
-
-def test_no_restarts_left_stops_with_a_message_and_exit_code(tmp_path: Path) -> None:
-    chaos = _bench()
-    run = tmp_path / "run"
-    log = tmp_path / "run.log"
-    proc = chaos.launch(run, "fault_tolerance.max_restarts=0", "total_steps=50", log=log)
-    watch = chaos.WorkerWatch(run)
-    try:
-        workers = chaos.wait_workers(watch, proc)
-        assert chaos.wait_for_step(run, 1, proc)
-        os.kill(next(w for w in workers if w["role"] == "trainer")["pid"], signal.SIGKILL)
-        code = chaos.finish(proc, watch)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    out = log.read_text()
-    assert code == EXIT_WORKER_FAILURE, out[-3000:]
-    message = next(line for line in out.splitlines() if "stopping:" in line)
-    assert "died" in message and "max_restarts=0" in message and "resumes from checkpoint step_" in message
-    assert "Traceback" not in out.split("stopping:")[-1]  # no traceback wall after the message
-    assert [e["action"] for e in iter_events(run)] == ["stop"]
     assert chaos.orphans_after(watch) == []
