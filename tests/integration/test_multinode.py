@@ -12,8 +12,8 @@ from tests.integration.test_train_loop import make_config
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture()
-def two_node_cluster():
+@pytest.fixture(scope="module")
+def two_node_cluster():  # one cluster for the module: starting one costs ~7 s
     import ray
     from ray.cluster_utils import Cluster
 

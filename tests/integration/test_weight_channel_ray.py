@@ -83,7 +83,9 @@ def cluster():
     rollout = RolloutGroup(EngineConfig(model=str(path), dtype="float32", max_model_len=64),
                            GroupConfig(num_actors=2, num_cpus_per_actor=0.5, weight_sync="collective",
                                        weight_bucket_mb=BUCKET_MB, weight_channel_timeout_s=60))
-    stub = ray.remote(num_cpus=0)(StubSender).remote(str(path))
+    # Two threads: the stalled-sender test leaves `stall(30)` sleeping in one; the tests after it use the other
+    # instead of queueing behind it (~25 s).
+    stub = ray.remote(num_cpus=0, max_concurrency=2)(StubSender).remote(str(path))
     yield trainer, rollout, stub
     rollout.shutdown()
     trainer.shutdown()
