@@ -7,14 +7,16 @@ row lengths, with position ids restarting at 0 for every row (RoPE sees the posi
 unpacked): embeddings, projections, MLPs and norms, nearly all of the work, run on real tokens only.
 
 Attention must not cross rows. A block-diagonal causal [L, L] mask would do it, but SDPA computes
-every masked score, so one packed row costs L^2 scores against B x T^2 padded; one SDPA call per
-row avoids that but costs ~3x the padded call on CPU (small calls; benchmarks/results/packing.md).
-So the attention function ``cispo_packed_sdpa`` (registered with transformers'
-``AttentionInterface``) scatters the packed queries, keys and values back to a [B, heads, T, d]
-grid, runs ONE causal SDPA call (rows are right-padded, so a real query only ever sees its own
-row's real keys) and gathers the real positions back: per-row attention at the padded attention
-cost, which is a few % of the model's work at these lengths. Called without the packing layout
-(any other caller of the model), it is plain ``sdpa``.
+every masked score: for a 32-row micro-batch of 40-128-token responses, 271 ms a layer against 28
+ms, and a forward slower than the padded one (12.1 vs 7.0 s; benchmarks/results/packing.md). So the
+attention function ``cispo_packed_sdpa`` (registered with transformers' ``AttentionInterface``)
+scatters the packed queries, keys and values back to a [B, heads, T, d] grid, runs ONE causal SDPA
+call (rows are right-padded, so a real query only ever sees its own row's real keys) and gathers the
+real positions back: the padded path's attention (the same hidden states, bit for bit, in that
+benchmark), at its cost, a few % of the model's work at these lengths. One SDPA call per row (no
+grid) measured faster still on CPU at SmolLM2's shapes (12 vs 28 ms a layer for 32 rows): a
+candidate once A/B-tested end to end.
+Called without the packing layout (any other caller of the model), it is plain ``sdpa``.
 
 ``PolicyModel`` maps the packed hidden states back to the [B, T] grid, so log-probs, entropy and the
 loss are computed exactly as without packing.
