@@ -192,6 +192,7 @@ def main() -> int:
     batch = random_batch(rows, prompt_len, hi, vocab, group_size=group, min_response_len=lo, seed=0)
     batch = replace(batch, old_log_probs=worker.compute_log_probs(batch))
     toggles = Toggles(worker)
+    toggles.reset()  # the baseline: torch's for-loop AdamW (the trainer's kernel before adam_impl), 2 threads
     # A/B unit: one mini-batch (one optimizer step), so more pairs fit in one lock hold.
     ab_batch = batch.select(slice(0, args.ab_rows or trainer_cfg.mini_batch_size))
     print(f"{args.setting}: {rows} rows x ({prompt_len} prompt + {lo}-{hi} response) tokens, "

@@ -15,6 +15,7 @@ from cispo.algorithms.options import parse_options
 from cispo.algorithms.policy_losses import LOSS_OPTIONS
 
 PRECISIONS = ("fp32", "bf16")
+ADAM_IMPLS = ("loop", "foreach", "fused")
 LR_SCHEDULES = ("constant", "cosine")
 ZERO_STAGES = (0, 1, 2, 3)
 
@@ -35,6 +36,12 @@ class TrainerConfig:
     seed: int = 0  # derived from the run's seed
     # Torch intra-op threads per rank; 0 = the machine's cores divided by world_size.
     torch_threads: int = 0
+    # glibc malloc of the rank process: keep freed memory for reuse (no mmap/munmap per large tensor,
+    # no trimming) instead of returning it to the kernel and page-faulting it back in at the next
+    # allocation. Measured on the 2-core CPU: -17% update time, a third of the update's CPU time was
+    # the kernel's (benchmarks/results/update_profile.md). Numerically a no-op; the process keeps its
+    # peak heap. No effect where the C library is not glibc.
+    keep_freed_memory: bool = True
     # Ray resources of one rank (TrainerGroup); fractions let two ranks share a small machine.
     num_cpus_per_rank: float = 1.0
     num_gpus_per_rank: float = 0.0  # GPUs per rank (1.0 on GPU machines)
@@ -50,6 +57,12 @@ class TrainerConfig:
     adam_beta1: float = 0.9  # MiniMax-M1
     adam_beta2: float = 0.95  # MiniMax-M1
     adam_eps: float = 1e-15  # MiniMax-M1: its gradients were 1e-18..1e-5, so the usual 1e-8 swamped them
+    # torch AdamW kernel: "fused" (one vectorised kernel per parameter), "foreach" (multi-tensor ops)
+    # or "loop" (one op per tensor; torch's CPU default and this trainer's before 2026-12-02).
+    # foreach is bit-identical to loop; fused rounds differently: parameters differ from loop in the
+    # last bits (set "loop" to reproduce earlier runs bit for bit). benchmarks/results/update_profile.md
+    # measures each.
+    adam_impl: str = "fused"
     # Global-norm clipping; 0 disables it.
     grad_clip: float = 1.0
     # Linear warm-up from 0 over warmup_steps optimizer steps, then constant or cosine decay to
@@ -129,6 +142,8 @@ class TrainerConfig:
             raise bad("zero_stage", self.zero_stage, "one of 0, 1, 2, 3")
         if self.precision not in PRECISIONS:
             raise bad("precision", self.precision, f"one of {', '.join(PRECISIONS)}")
+        if self.adam_impl not in ADAM_IMPLS:
+            raise bad("adam_impl", self.adam_impl, f"one of {', '.join(ADAM_IMPLS)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise bad("lr_schedule", self.lr_schedule, f"one of {', '.join(LR_SCHEDULES)}")
         for key in ("world_size", "batch_size", "mini_batch_size", "ppo_epochs", "micro_batch_max_tokens",
@@ -166,6 +181,8 @@ class TrainerConfig:
         if self.lr_schedule == "cosine" and self.warmup_steps >= self.total_steps:
             raise bad("warmup_steps", self.warmup_steps, f"< trainer.total_steps={self.total_steps} for cosine")
 
+        if not isinstance(self.keep_freed_memory, bool):
+            raise bad("keep_freed_memory", self.keep_freed_memory, "true or false")
         if not isinstance(self.sequence_packing, bool):
             raise bad("sequence_packing", self.sequence_packing, "true or false")
         if self.mini_batch_size > self.batch_size:

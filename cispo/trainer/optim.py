@@ -83,7 +83,8 @@ def build_optimizer(model: nn.Module, cfg: TrainerConfig) -> tuple[GuardedAdamW,
     unwrapped = cfg.zero_stage == 0 and cfg.precision == "fp32"
     optimizer = GuardedAdamW(
         param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-        eps=cfg.adam_eps, guard=unwrapped, max_grad_norm=cfg.grad_clip if unwrapped else 0.0)
+        eps=cfg.adam_eps, guard=unwrapped, max_grad_norm=cfg.grad_clip if unwrapped else 0.0,
+        foreach=cfg.adam_impl == "foreach" or None, fused=cfg.adam_impl == "fused" or None)
     schedule = WarmupSchedule(cfg.warmup_steps, cfg.total_steps, cfg.lr_schedule, cfg.min_lr_ratio)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 

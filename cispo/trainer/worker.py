@@ -54,9 +54,27 @@ def _model_dir(path: str | os.PathLike) -> Path:
 
 
 def _set_threads(cfg: TrainerConfig) -> int:
+    """Torch intra-op threads (Ray exports OMP_NUM_THREADS = the actor's num_cpus; this overrides it)
+    and, with ``keep_freed_memory``, glibc's allocator pinned to reusing freed memory."""
     threads = cfg.torch_threads or max(1, len(os.sched_getaffinity(0)) // cfg.world_size)
     torch.set_num_threads(threads)
+    if cfg.keep_freed_memory:
+        keep_freed_memory()
     return threads
+
+
+def keep_freed_memory() -> bool:
+    """glibc: serve every allocation from the heap (no mmap, so no munmap and fresh page faults for
+    each large activation or gradient) and never trim it. False where libc is not glibc."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**30))
 
 
 class PolicyWorker:
