@@ -408,10 +408,11 @@ def render(stored: dict) -> None:
              "core) used during each block by processes outside the benchmark's process tree (other users), "
              "sampled once a second.", ""]
     for entry in stored.values():
-        gemm = ", ".join(f"{g / 1e9:.0f}" for g in entry.get("gemm_flops", []))
-        lines.append(f"CPU of the `{entry['model']}` / {' vs '.join(entry['sides'])} measurement: {entry['cpu']}; "
-                     f"fp32 GEMM ceiling (2048-square, all cores, measured in the run: `trainer.peak_flops`) {gemm} "
-                     f"GFLOP/s; {entry['date']}.")
+        gemm = ", ".join(f"{g / 1e9:.0f}" for g in entry.get("gemm_flops", []) if g)
+        gemm = (f"fp32 GEMM ceiling (2048-square, all cores, measured in the run: `trainer.peak_flops`) {gemm} GFLOP/s"
+                if gemm else "fp32 GEMM ceiling not measured (run before the script measured it)")
+        lines.append(f"CPU of the `{entry['model']}` / {' vs '.join(entry['sides'])} measurement{entry.get('label') and ' ' + entry['label']}: "
+                     f"{entry['cpu']}; {gemm}; {entry['date']}.")
     lines += ["", "| setting | side / reference | pairs | ratio, median of pairs | 95% interval | side s/step | "
               "reference s/step | pair ratios | our phases (median s) | our update s: median (min-max) | update MFU | "
               "reward / tokens, side | reward / tokens, reference | options | load start-end | foreign CPU % per pair "
