@@ -22,6 +22,7 @@ PRESETS = {
     "powered_study": ("multirun/powered_study", [("cispo", 4.0), ("dapo", 0.28), ("grpo", 0.2)]),
     "powered_study_cispo_caps": ("multirun/powered_study_cispo_caps", [("cispo", 3.0), ("cispo", 7.0)]),
     "powered_study_dapo_clips": ("multirun/powered_study_dapo_clips", [("dapo", 0.2), ("dapo", 0.4)]),
+    "powered_study_async": ("multirun/powered_study_async", [("cispo", 4.0), ("dapo", 0.28), ("grpo", 0.2)]),
 }
 
 
