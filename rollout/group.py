@@ -89,7 +89,8 @@ class RolloutGroup:
         )(RolloutActor)
         self.actors = [self._spawn(i) for i in range(self.config.num_actors)]
         ray.get([a.ready.remote() for a in self.actors])
-        self._weights_ref: ray.ObjectRef | None = None
+        self._weights_ref: ray.ObjectRef | None = None  # the newest update every actor accepted
+        self._queued_ref: ray.ObjectRef | None = None  # an update queued and not yet accepted everywhere
         # Collective channel (GroupConfig.weight_sync="collective"): formed by the trainer through
         # `connect_weight_channel`; `weights_source` re-exports the weights for a restarted actor.
         self.channel: ChannelSpec | None = None
@@ -314,8 +315,9 @@ class RolloutGroup:
             ref = ray.put(payload)
         timeout = self.engine_config.weight_update_timeout_s
         refs = [a.update_weights.remote(ref, timeout) for a in self.actors]
-        # A restarted actor gets these weights from now on (they are the newest queued).
-        self._weights_ref = ref
+        # Until every actor has accepted it, a restarted actor gets these (they are the newest queued);
+        # a refused update is forgotten in finish_weights, so a replacement never loads bad weights.
+        self._queued_ref = ref
         return PendingWeights(ref=ref, refs=refs, num_bytes=float(size), started_at=t0, serialize_s=t_ser - t0)
 
     def finish_weights(self, pending: "PendingWeights") -> dict[str, float]:
@@ -325,9 +327,15 @@ class RolloutGroup:
             # Small margin over the engine's own timeout, which fires first with a clearer error.
             stats = ray.get(pending.refs, timeout=timeout * 1.5 + 5.0)
         except GetTimeoutError as e:
+            self._forget_queued(pending)
             raise WeightSyncTimeoutError(
                 f"rollout actors did not finish a weight update within {timeout * 1.5 + 5.0:.0f} s"
             ) from e
+        except Exception:
+            self._forget_queued(pending)
+            raise
+        self._weights_ref = pending.ref
+        self._forget_queued(pending)
         self.metrics["weight_updates"] += 1
         return {
             "num_bytes": pending.num_bytes,
@@ -335,6 +343,10 @@ class RolloutGroup:
             "max_actor_load_s": max(s["total_s"] for s in stats),
             "total_s": time.perf_counter() - pending.started_at,
         }
+
+    def _forget_queued(self, pending: "PendingWeights") -> None:
+        if self._queued_ref is pending.ref:
+            self._queued_ref = None
 
     # ------------------------------------------------------------- lifecycle
     def restart_actor(self, idx: int) -> None:
@@ -346,7 +358,7 @@ class RolloutGroup:
             pass
         new = self._spawn(idx)
         ray.get(new.ready.remote())
-        ref = self._weights_ref
+        ref = self._queued_ref if self._queued_ref is not None else self._weights_ref
         if ref is None and self.weights_source is not None:
             ref = self.weights_source()[0]  # streamed syncs keep no copy: export one for this actor
         if self.channel is not None:
@@ -367,3 +379,4 @@ class RolloutGroup:
                 pass
         self.actors = []
         self._weights_ref = None
+        self._queued_ref = None
