@@ -366,7 +366,7 @@ def write_result(model: str, args: argparse.Namespace, blocks: list[dict], load_
     stored = json.loads(STORE.read_text()) if STORE.exists() else {}
     if not isinstance(stored, dict):  # the single-draw rows of the first version
         stored = {}
-    key = f"{model}|{'+'.join(args.sides)}|{args.steps}|{' '.join(args.env)}"
+    key = f"{model}|{'+'.join(args.sides)}|{args.steps}|{' '.join(args.env)}" + (f"|{args.label}" if args.label else "")
     entry = stored.get(key) if args.append else None
     loads = [round(x, 2) for x in (load_start[0], load_end[0])]
     if entry:
