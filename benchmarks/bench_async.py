@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -116,6 +115,8 @@ def main() -> int:
 
 
 def write_table(rows: dict, args: argparse.Namespace, load_start: tuple, load_end: tuple) -> None:
+    from bench_step_vs_trl import cpu_model  # the CPU as lscpu names it (one place for every benchmark)
+
     sync = rows["sync"][0]
     gen = mean(sync, "time/generate") + mean(sync, "time/score")
     upd = mean(sync, "time/update") + mean(sync, "time/sync") + mean(sync, "time/old_log_probs")
@@ -123,7 +124,7 @@ def write_table(rows: dict, args: argparse.Namespace, load_start: tuple, load_en
     lines = [
         "## Asynchronous rollout: sync vs async (max_staleness k)",
         "",
-        f"`.venv/bin/python benchmarks/bench_async.py --steps {args.steps}` ({platform.processor() or platform.machine()}, "
+        f"`.venv/bin/python benchmarks/bench_async.py --steps {args.steps}` ({cpu_model()}, "
         f"load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end). A local two-node Ray cluster: "
         "the vLLM engine's node pinned to core 0, the trainer's to core 1 (one thread each); the default job "
         "(SmolLM2-135M, CISPO, 8 prompts x G = 4, 32 tokens, dynamic sampling), pi_old = the engine's "

@@ -62,6 +62,11 @@ class PolicyVersions:
             self.queued += 1
             self._cond.notify_all()
 
+    def wake(self) -> None:
+        """Wake a waiting producer (to see that it was stopped)."""
+        with self._cond:
+            self._cond.notify_all()
+
     def wait_for(self, version: int, stopped: threading.Event, poll_s: float = 0.5) -> float:
         """Blocks until ``version`` is queued (or ``stopped``); the seconds it waited."""
         start = time.perf_counter()
@@ -139,8 +144,7 @@ class RolloutProducer(Generic[G]):
     def close(self, timeout_s: float = 0.0) -> None:
         """Stop after the current collection (its results are discarded); waits up to ``timeout_s``."""
         self.stopped.set()
-        with self.versions._cond:
-            self.versions._cond.notify_all()
+        self.versions.wake()
         if timeout_s > 0:
             self._thread.join(timeout_s)
 

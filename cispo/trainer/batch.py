@@ -165,25 +165,27 @@ def group_units(group_ids: Tensor, keep_groups: bool) -> list[list[int]]:
     return units
 
 
-def plan_micro_batches(lengths: Tensor, units: list[list[int]], max_tokens: int) -> list[list[int]]:
-    """Greedy packing of units, longest first, so that rows x longest row <= max_tokens.
+def plan_micro_batches(lengths: Tensor, units: list[list[int]], max_tokens: int, *,
+                       packed: bool = False) -> list[list[int]]:
+    """Greedy packing of units, longest first, within a token budget per micro-batch: rows x longest
+    row (padded), or, ``packed`` (trainer.sequence_packing), the sum of the row lengths (no padding).
 
     A unit that alone exceeds the budget gets a micro-batch of its own (never dropped). Sorting by
     length cuts padding; the loss does not depend on the split because normalisers are global.
     """
-    unit_len = [int(lengths[u].max()) for u in units]
-    order = sorted(range(len(units)), key=lambda k: -unit_len[k])
+    lens = [int(x) for x in lengths.tolist()]
+
+    def cost(rows: list[int]) -> int:
+        return sum(lens[r] for r in rows) if packed else max(lens[r] for r in rows) * len(rows)
+
+    order = sorted(range(len(units)), key=lambda k: -max(lens[r] for r in units[k]))
     plan: list[list[int]] = []
     current: list[int] = []
-    longest = 0
     for k in order:
-        rows = units[k]
-        new_longest = max(longest, unit_len[k])
-        if current and new_longest * (len(current) + len(rows)) > max_tokens:
+        if current and cost(current + units[k]) > max_tokens:
             plan.append(current)
-            current, new_longest = [], unit_len[k]
-        current = current + rows
-        longest = new_longest
+            current = []
+        current = current + units[k]
     if current:
         plan.append(current)
     return plan

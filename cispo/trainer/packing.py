@@ -118,24 +118,3 @@ def enable_packed_attention(model: nn.Module) -> None:
                          "has sliding-window layers")
     register_packed_attention()
     model.set_attn_implementation(ATTENTION)
-
-
-def plan_packed_micro_batches(lengths: Tensor, units: list[list[int]], max_tokens: int) -> list[list[int]]:
-    """Like ``plan_micro_batches`` (units longest first, greedy), but the budget counts the tokens
-    a packed micro-batch really holds: sum of row lengths <= max_tokens (there is no padding).
-    A unit that alone exceeds the budget gets a micro-batch of its own (never dropped)."""
-    unit_len = [int(lengths[u].max()) for u in units]
-    unit_tokens = [int(lengths[u].sum()) for u in units]
-    order = sorted(range(len(units)), key=lambda k: -unit_len[k])
-    plan: list[list[int]] = []
-    current: list[int] = []
-    tokens = 0
-    for k in order:
-        if current and tokens + unit_tokens[k] > max_tokens:
-            plan.append(current)
-            current, tokens = [], 0
-        current = current + units[k]
-        tokens += unit_tokens[k]
-    if current:
-        plan.append(current)
-    return plan

@@ -26,7 +26,6 @@ from cispo.trainer.batch import TrainBatch, group_units, plan_micro_batches, spl
 from cispo.trainer.config import TrainerConfig
 from cispo.trainer.flops import ModelShape, training_flops
 from cispo.trainer.logprobs import PolicyModel, use_fp32_head
-from cispo.trainer.packing import plan_packed_micro_batches
 from cispo.trainer.metrics import METRIC_PREFIX, DiagnosticsAccumulator, MismatchAccumulator, StalenessISAccumulator
 from cispo.trainer.optim import build_optimizer, deepspeed_config
 
@@ -152,8 +151,8 @@ class PolicyWorker:
 
     def _plan(self, lengths: Tensor, units: list[list[int]]) -> list[list[int]]:
         """Micro-batches of at most ``micro_batch_max_tokens`` padded (or, packed, real) tokens."""
-        plan = plan_packed_micro_batches if self.config.sequence_packing else plan_micro_batches
-        return plan(lengths, units, self.config.micro_batch_max_tokens)
+        return plan_micro_batches(lengths, units, self.config.micro_batch_max_tokens,
+                                  packed=self.config.sequence_packing)
 
     def _forward(self, engine, batch: TrainBatch, *, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
         batch.validate()

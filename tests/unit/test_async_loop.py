@@ -281,13 +281,15 @@ def test_kill_and_resume_neither_skips_nor_repeats_prompts(tmp_path, dynamic_sam
     """NeMo-RL's async resume skipped ~30% of prompts: the checkpoint must hold the data position of the
     batch it trained on, not of the batches the producer had already drawn ahead."""
     k = 3
-    run(components(make_config("async", k, 8, dynamic_sampling), tmp_path / "full", delay_s=0.01))
+    full = run(components(make_config("async", k, 8, dynamic_sampling), tmp_path / "full", delay_s=0.01))
     first = components(make_config("async", k, 8, dynamic_sampling), tmp_path / "cut", delay_s=0.01)
     first.logger = KilledAfter(3)
     with pytest.raises(Killed):
         run(first)
     time.sleep(0.2)  # the producer had drawn ahead before the kill
     assert first.sampler.consumed > first.saved[3]["sampler"]["consumed"]
+    # The checkpoint holds batch 3's position, however far the producer had run: as the full run's.
+    assert first.saved[3]["sampler"] == full.saved[3]["sampler"]
     resumed = run(components(make_config("async", k, 8, dynamic_sampling), tmp_path / "cut",
                              resume=first.saved[3], delay_s=0.01))
     assert resumed.trainer.batches[0][0] == 3
@@ -299,10 +301,15 @@ def test_kill_and_resume_neither_skips_nor_repeats_prompts(tmp_path, dynamic_sam
         assert cut_prompts == full_prompts
         flat = [p for step in cut_prompts for p in step]
         assert len(flat) == 32 and len(set(flat)) == 32
-    # Drawn prompts (trained or dropped as uninformative): the resumed run draws exactly where the
-    # checkpoint stood, so both runs' samplers end at the same position when the rewards are the same.
-    assert resumed.sampler.state_dict()["epoch"] * NUM_PROMPTS + resumed.sampler.position >= \
-        first.saved[3]["sampler"]["epoch"] * NUM_PROMPTS + first.saved[3]["sampler"]["position"]
+    else:
+        # Uninformative groups are dropped, so the trained prompts are a subset of those drawn; after the
+        # resume they must still come in the sampler's order from the checkpointed position on, and
+        # before it they are the uninterrupted run's (nothing differs until the kill).
+        assert cut_prompts[:3] == full_prompts[:3]
+        order = PromptSampler(rows(), seed=3)
+        order.load_state_dict(first.saved[3]["sampler"])
+        drawn = iter(order.sample_indices(resumed.sampler.consumed - first.saved[3]["sampler"]["consumed"]))
+        assert all(any(p == d for d in drawn) for step in cut_prompts[3:] for p in step)  # an ordered subsequence
 
 
 def test_resumed_draws_continue_from_the_checkpointed_position(tmp_path):

@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM
 from cispo.trainer import TrainBatch, TrainerConfig
 from cispo.trainer.batch import group_units, plan_micro_batches
 from cispo.trainer.logprobs import PolicyModel
-from cispo.trainer.packing import LAYOUT_KWARG, enable_packed_attention, pack_rows, plan_packed_micro_batches
+from cispo.trainer.packing import LAYOUT_KWARG, enable_packed_attention, pack_rows
 from cispo.trainer.synthetic import random_batch
 from rollout.models import prepare_model
 
@@ -105,7 +105,7 @@ def test_packed_plan_respects_the_budget_and_covers_every_row_once(keep_groups):
     group_ids = torch.arange(64) // 4
     units = group_units(group_ids, keep_groups=keep_groups)
     for budget in (150, 512, 4096):
-        plan = plan_packed_micro_batches(lengths, units, budget)
+        plan = plan_micro_batches(lengths, units, budget, packed=True)
         rows = sorted(r for mb in plan for r in mb)
         assert rows == list(range(64))
         for mb in plan:
