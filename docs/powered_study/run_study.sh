@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The powered CPU study (docs/powered_study/README.md), stage by stage:
-#   bash docs/powered_study/run_study.sh [all|pilot|main|caps|report]
+#   bash docs/powered_study/run_study.sh [all|pilot|main|caps|async|report]
 # pilot: 4 runs, not part of the analysis (step time, curve bend, seed spread: the README's rule);
 # main: CISPO vs DAPO vs GRPO x 5 seeds; caps: CISPO caps 4/8 and DAPO clips 0.2/0.4 x 5 seeds;
-# report: every comparison (cispo.compare) into this folder. ~45 hours on 2 CPU cores (estimate).
+# async: the main comparison with asynchronous rollout, up to 4 versions stale;
+# report: every comparison (cispo.compare) into this folder. ~1.6 min per run, ~1.5 hours in all
+# on 2 CPU cores (the README has the measured times).
 # Runs resume: a sweep started again continues each run from its latest checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -16,6 +18,7 @@ pilot() {
         hydra.sweep.dir=multirun/powered_study_pilot
 }
 main_sweep() { "$PY" -m cispo.train -m experiment=powered_study; }
+async_sweep() { "$PY" -m cispo.train -m experiment=powered_study_async; }
 caps() {
     "$PY" -m cispo.train -m experiment=powered_study_cispo_caps
     "$PY" -m cispo.train -m experiment=powered_study_dapo_clips
@@ -24,20 +27,25 @@ report() {
     if [ -d multirun/powered_study_pilot ]; then
         "$PY" -m cispo.compare multirun/powered_study_pilot --out "$OUT/pilot"
         "$PY" -m cispo.report.power "$OUT/pilot/summary.json" --stat auc --evals-per-run 11 \
-            --problems 128 --k 4 --out "$OUT/pilot/power.md"
+            --problems 256 --k 4 --plan-problems 128,256,512 --out "$OUT/pilot/power.md"
     fi
     "$PY" -m cispo.compare multirun/powered_study --out "$OUT/main"
+    "$PY" -m cispo.compare multirun/powered_study --curve-x tokens --no-plots --out "$OUT/main_tokens"
     "$PY" -m cispo.compare multirun/powered_study/*_cispo_s* multirun/powered_study_cispo_caps \
         --group-by algorithm.name,trainer.eps_high --baseline "cispo / 4.0" --out "$OUT/cispo_caps"
     "$PY" -m cispo.compare multirun/powered_study/*_dapo_s* multirun/powered_study_dapo_clips \
         --group-by algorithm.name,trainer.eps_high --baseline "dapo / 0.28" --out "$OUT/dapo_clips"
+    if [ -d multirun/powered_study_async ]; then
+        "$PY" -m cispo.compare multirun/powered_study_async --out "$OUT/async"
+    fi
 }
 
 case "$stage" in
-    all) pilot; main_sweep; caps; report ;;
+    all) pilot; main_sweep; caps; async_sweep; report ;;
     pilot) pilot ;;
     main) main_sweep ;;
     caps) caps ;;
+    async) async_sweep ;;
     report) report ;;
-    *) echo "usage: $0 [all|pilot|main|caps|report]" >&2; exit 2 ;;
+    *) echo "usage: $0 [all|pilot|main|caps|async|report]" >&2; exit 2 ;;
 esac

@@ -54,21 +54,22 @@ def test_sweep_expands_to_its_arms_and_every_job_validates(preset: str) -> None:
         cfg = load_config(raw)
         seen.add((cfg.algorithm.name, cfg.trainer.eps_high, cfg.seed))
         # The pre-registered design, whatever the schema defaults become.
-        assert cfg.model.path == "smollm2-135m" and cfg.model.warmstart.steps > 0
-        assert (cfg.total_steps, cfg.prompts_per_step, cfg.group_size) == (100, 8, 4)
+        assert cfg.model.path == "tiny" and cfg.model.warmstart.steps == 1000
+        assert (cfg.total_steps, cfg.prompts_per_step, cfg.group_size) == (100, 16, 8)
         updates = cfg.trainer.ppo_epochs * cfg.batch_size // cfg.trainer.mini_batch_size
         assert updates == 16  # M1's Fig. 2 regime: 16 optimizer steps per rollout batch
-        assert cfg.trainer.lr == 1e-5 and cfg.trainer.lr_schedule == "constant"
+        assert cfg.trainer.lr == 2e-4 and cfg.trainer.lr_schedule == "constant"
         assert (cfg.eval.every, cfg.eval.k, cfg.eval.temperature) == (10, 4, 1.0) and cfg.eval.at_start
-        assert cfg.data.train[0].arithmetic.num_heldout == 128
-        assert cfg.rollout.sampling.max_tokens == cfg.eval.max_tokens == 32
+        task = cfg.data.train[0].arithmetic
+        assert (task.num_heldout, task.num_operands, task.max_digits) == (256, 3, 1)
+        assert cfg.rollout.sampling.max_tokens == cfg.eval.max_tokens == 16
     assert seen == {(alg, eps, seed) for alg, eps in arms for seed in SEEDS}
 
 
 def test_readme_states_the_presets_design() -> None:
     text = README.read_text()
     for needle in ("experiment=powered_study", "powered_study_cispo_caps", "powered_study_dapo_clips",
-                   "16 optimizer steps per rollout batch", "128 held-out problems", "100 steps",
+                   "16 optimizer steps per rollout batch", "256 held-out problems", "100 steps",
                    "Pre-registered"):
         assert needle in text, needle
 
