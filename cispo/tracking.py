@@ -14,6 +14,7 @@ reads are listed at the top of `cispo/compare.py`.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from cispo.console import TIME_PREFIX, ConsoleColumns, RunProgress, format_step_
 log = logging.getLogger(__name__)
 
 METRICS_FILENAME = "metrics.jsonl"
+ARCHIVED_METRICS_FILENAME = METRICS_FILENAME + ".gz"  # a finished run's metrics, gzip-compressed to be kept
 DISCARDED_FILENAME = "metrics.discarded.jsonl"
 WANDB_ID_FILENAME = "wandb_run_id"
 WANDB_MODES = ("offline", "online", "disabled")
@@ -79,6 +81,11 @@ def _parse_line(raw: bytes, path: Path, lineno: int) -> dict[str, Any]:
 
 def _parse_metrics(path: Path) -> _Parsed:
     data = path.read_bytes()
+    if path.name.endswith(".gz"):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as exc:
+            raise MetricsFileError(f"{path}: not a readable gzip file ({exc})") from exc
     lines = data.split(b"\n")
     last = lines.pop()  # b"" when the file ends with a newline (always, unless a write was cut)
     parsed = _Parsed([], [], None)
@@ -96,14 +103,18 @@ def _parse_metrics(path: Path) -> _Parsed:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a metrics file (or of `run_dir/metrics.jsonl` when given a folder), in file order.
+    """Records of a metrics file (or of `run_dir/metrics.jsonl`, else `run_dir/metrics.jsonl.gz`, when
+    given a folder), in file order. A `.gz` file is read decompressed.
 
     A corrupt line raises MetricsFileError naming the file and line; a truncated last line (the
     write a crash interrupted) is logged and ignored.
     """
     path = Path(path)
     if path.is_dir():
+        archived = path / ARCHIVED_METRICS_FILENAME
         path = path / METRICS_FILENAME
+        if not path.is_file() and archived.is_file():
+            path = archived
     if not path.is_file():
         raise FileNotFoundError(f"metrics file {path} does not exist")
     return _parse_metrics(path).records

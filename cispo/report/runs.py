@@ -1,6 +1,7 @@
 """Run folders for the comparison: find them, read their config and metrics, group them by a key.
 
-A run folder holds `metrics.jsonl` (written by `cispo.tracking.MetricsLogger`) and its resolved
+A run folder holds `metrics.jsonl` (written by `cispo.tracking.MetricsLogger`; or `metrics.jsonl.gz`,
+a finished run's metrics archived next to a study's report) and its resolved
 config as `.hydra/config.yaml` or `config.yaml` with the keys `algorithm.name` and `seed`. A multirun
 folder (Hydra's `multirun/<date>/<time>/`) holds numbered run folders; any folder is searched
 recursively (not inside run folders).
@@ -17,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cispo.tracking import ELAPSED_KEY, METRICS_FILENAME, STEP_TIME_KEY, read_metrics
+from cispo.tracking import ARCHIVED_METRICS_FILENAME, ELAPSED_KEY, METRICS_FILENAME, STEP_TIME_KEY, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -141,16 +142,24 @@ def group_keys(group_by: str) -> list[str]:
     return keys
 
 
+def metrics_file(folder: Path) -> Path | None:
+    """The run's `metrics.jsonl`, else its archived `metrics.jsonl.gz`, else None (not a run folder)."""
+    for name in (METRICS_FILENAME, ARCHIVED_METRICS_FILENAME):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
 def load_run(folder: Path, group_by: str = ALGORITHM_KEY) -> Run:
     import yaml
 
-    metrics_path = folder / METRICS_FILENAME
-    if not metrics_path.is_file():
-        raise CompareError(f"run folder {folder} has no {METRICS_FILENAME}")
+    metrics_path = metrics_file(folder)
+    if metrics_path is None:
+        raise CompareError(f"run folder {folder} has no {METRICS_FILENAME} (or {ARCHIVED_METRICS_FILENAME})")
     config_path = find_config(folder)
     if config_path is None:
         raise CompareError(
-            f"run folder {folder} has {METRICS_FILENAME} but no config "
+            f"run folder {folder} has {metrics_path.name} but no config "
             f"({' or '.join(str(c) for c in CONFIG_CANDIDATES)})"
         )
     try:
@@ -182,7 +191,7 @@ def discover_runs(paths: Sequence[str | Path], group_by: str = ALGORITHM_KEY) ->
     found: dict[Path, Run] = {}
 
     def visit(folder: Path, explicit: bool) -> None:
-        if (folder / METRICS_FILENAME).is_file():
+        if metrics_file(folder) is not None:
             resolved = folder.resolve()
             if resolved not in found:
                 found[resolved] = load_run(folder, group_by)

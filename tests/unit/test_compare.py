@@ -279,6 +279,29 @@ def test_clear_errors(tmp_path: Path) -> None:
         compare([no_config, sweep / "0"], None)
 
 
+def test_archived_runs_give_the_same_summary(runs: list[Path], result: tuple[dict, Path], tmp_path: Path) -> None:
+    """A study's runs kept as `config.yaml` + `metrics.jsonl.gz` (docs/powered_study/runs) compare like the originals."""
+    import gzip
+    import shutil
+
+    archived = []
+    for index, run in enumerate(discover_runs(runs)):
+        dest = tmp_path / "archive" / f"{index}_{run.group}_s{run.seed}"
+        dest.mkdir(parents=True)
+        config = run.path / ".hydra" / "config.yaml" if (run.path / ".hydra").is_dir() else run.path / "config.yaml"
+        shutil.copy(config, dest / "config.yaml")
+        (dest / "metrics.jsonl.gz").write_bytes(gzip.compress((run.path / "metrics.jsonl").read_bytes()))
+        archived.append(dest)
+    assert len(archived) == 6
+    summary, _ = result
+    again = compare([tmp_path / "archive"], tmp_path / "out", metric_prefixes=["dyn/"], plots=False)
+    assert again["accuracy"] == summary["accuracy"] and again["mechanism"] == summary["mechanism"]
+
+    (archived[0] / "metrics.jsonl.gz").write_bytes(b"not gzip")
+    with pytest.raises(Exception, match=f"{archived[0] / 'metrics.jsonl.gz'}: not a readable gzip file"):
+        compare([tmp_path / "archive"], tmp_path / "out2", plots=False)
+
+
 def test_cli(runs: list[Path], tmp_path: Path) -> None:
     assert main([*map(str, runs), "--out", str(tmp_path / "cli"), "--target-accuracy", "0.3", "--no-plots"]) == 0
     assert json.loads((tmp_path / "cli" / "summary.json").read_text())["targets"][ACC_KEY]["value"] == 0.3
