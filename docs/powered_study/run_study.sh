@@ -7,7 +7,7 @@
 # archive: each run's config and gzipped metrics into runs/ here (what the reports are computed from);
 # report: every comparison (cispo.compare) into this folder, from multirun/ or, with
 # RUNS=docs/powered_study/runs, from the archived runs (no training needed).
-# ~1.6 min per run, ~1.5 hours in all on 2 CPU cores (the README has the measured times).
+# 1-1.5 min per run, ~64 minutes for all 54 runs on 2 CPU cores (the README has the measured times).
 # Runs resume: a sweep started again continues each run from its latest checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -54,6 +54,10 @@ report() {
         --group-by algorithm.name,trainer.eps_high --baseline "dapo / 0.28" --out "$OUT/dapo_clips"
     if [ -d "$RUNS/powered_study_async" ]; then
         "$PY" -m cispo.compare "$RUNS/powered_study_async" --out "$OUT/async"
+        for alg in cispo dapo grpo; do  # the cost of staleness, per algorithm, paired by seed
+            "$PY" -m cispo.compare "$RUNS"/powered_study/*_${alg}_s* "$RUNS"/powered_study_async/*_${alg}_s* \
+                --group-by algorithm.name,rollout.mode --no-plots --out "$OUT/async_vs_sync/$alg"
+        done
     fi
 }
 
