@@ -241,13 +241,16 @@ def run_steps(c: Components, stop: GracefulStop) -> None:
             if (cfg.eval.every and step % cfg.eval.every == 0) or last:
                 with timer.phase("eval"):
                     metrics |= run_eval(c)
-            if (cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0) or last or stop.requested:
+            # Read the flag once: a signal landing after the checkpoint decision must not end the
+            # run without a checkpoint of its last step; it stops the loop after the next step.
+            stopping = stop.requested
+            if (cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0) or last or stopping:
                 with timer.phase("checkpoint"):
                     c.save(step, metrics, data_state)
             metrics |= timer.end_step()
             c.elapsed = metrics["time/total_elapsed"]
             c.logger.log(step, metrics)
-            if stop.requested:
+            if stopping:
                 log.warning("stopping after step %d on %s (checkpoint saved)", step, stop.signal_name)
                 break
     finally:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import queue
 import random
+import signal
 import threading
 import time
 from concurrent.futures import Future
@@ -407,3 +409,28 @@ def test_async_config_errors():
         load_config({"algorithm": {"max_staleness": -1}})
     load_config({"rollout": {"mode": "async"}, "algorithm": {"max_staleness": 0},
                  "eval": {"sets": []}})  # k = 0 may recompute: on-policy at the start of each step
+
+
+class SigtermWhileLogging(Recorder):
+    """SIGTERM lands while step `step` is being logged: after the loop decided not to checkpoint it."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step = step
+
+    def log(self, step, metrics):
+        super().log(step, metrics)
+        if step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_sigterm_after_the_checkpoint_decision_still_ends_on_a_checkpoint(tmp_path, mode):
+    cfg = make_config(mode, 1, 6)
+    cfg = dataclasses.replace(cfg, checkpoint=dataclasses.replace(cfg.checkpoint, save_every=0))
+    c = components(cfg, tmp_path)
+    c.logger = SigtermWhileLogging(2)
+    run(c)
+    last = max(c.logger.records)
+    assert last == 3  # step 2 was not checkpointed, so the loop runs one more step and stops there
+    assert sorted(c.saved) == [last]
