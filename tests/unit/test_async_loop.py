@@ -166,7 +166,10 @@ class KilledAfter(Recorder):
     def log(self, step, metrics):
         super().log(step, metrics)
         if step == self.step:
-            raise Killed
+            self.act()
+
+    def act(self) -> None:
+        raise Killed
 
 
 def rows() -> list[PromptRow]:
@@ -411,17 +414,11 @@ def test_async_config_errors():
                  "eval": {"sets": []}})  # k = 0 may recompute: on-policy at the start of each step
 
 
-class SigtermWhileLogging(Recorder):
+class SigtermWhileLogging(KilledAfter):
     """SIGTERM lands while step `step` is being logged: after the loop decided not to checkpoint it."""
 
-    def __init__(self, step: int) -> None:
-        super().__init__()
-        self.step = step
-
-    def log(self, step, metrics):
-        super().log(step, metrics)
-        if step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
+    def act(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
