@@ -19,25 +19,37 @@ pytestmark = pytest.mark.slow
 ASYNC = ("rollout.mode=async", "algorithm.old_log_probs=rollout")
 
 
-def final_weights(run_dir):
-    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
-    return load_file(str(run_dir / "checkpoints" / latest / "trainer" / "model" / "model.safetensors"))
+def checkpoint_weights(run_dir, step):
+    return load_file(str(run_dir / "checkpoints" / f"step_{step:08d}" / "trainer" / "model" / "model.safetensors"))
 
 
 def test_k0_gives_the_updates_of_the_sync_loop(ray_cluster, tmp_path):  # noqa: F811
+    """Same prompts, samples, rewards and staleness 0, exactly; the same update up to fp32 noise.
+
+    Bit-identical updates are asserted with stand-in workers (tests/unit/test_async_loop.py). Two runs
+    of the real workers in one process usually agree to the last bit too, but not always: a CI run
+    once saw the step-1 update differ by ~1e-4 (relative) with identical samples, the size of a
+    last-bit difference after Adam (which turns a near-zero gradient's sign into a +-lr step). A
+    version or data bug changes the samples themselves, and those are compared exactly."""
     from cispo.loop import train
 
-    common = ("total_steps=2", "eval.every=0", "algorithm.old_log_probs=rollout")
+    common = ("total_steps=2", "eval.every=0", "algorithm.old_log_probs=rollout", "checkpoint.save_every=1")
     sync = train(make_config(tmp_path / "sync", *common))
     asyn = train(make_config(tmp_path / "async", *common, "rollout.mode=async", "algorithm.max_staleness=0"))
+    assert [r["prompts"] for r in read_batches(sync)] == [r["prompts"] for r in read_batches(asyn)]
     a, b = read_metrics(sync / "metrics.jsonl"), read_metrics(asyn / "metrics.jsonl")
+    assert [r["step"] for r in a] == [r["step"] for r in b]
     for r, s in zip(a, b):
         common_keys = {k for k in r if not k.startswith(VOLATILE)} & set(s)
-        assert {k: r[k] for k in common_keys} == {k: s[k] for k in common_keys}
+        exact = {k for k in common_keys if not k.startswith("actor/")}  # samples, rewards, lengths, evals
+        assert {k: r[k] for k in exact} == {k: s[k] for k in exact}
+        assert {k: pytest.approx(r[k], rel=1e-3, abs=1e-6) for k in common_keys - exact} == \
+            {k: s[k] for k in common_keys - exact}
     assert all(r["async/staleness_max"] == 0.0 for r in b[1:])
-    wa, wb = final_weights(sync), final_weights(asyn)
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # bit-identical
-    assert [r["prompts"] for r in read_batches(sync)] == [r["prompts"] for r in read_batches(asyn)]
+    wa, wb, wa1 = checkpoint_weights(sync, 2), checkpoint_weights(asyn, 2), checkpoint_weights(sync, 1)
+    diff = sum(float((wa[k].double() - wb[k].double()).square().sum()) for k in wa) ** 0.5
+    moved = sum(float((wa[k].double() - wa1[k].double()).square().sum()) for k in wa) ** 0.5
+    assert moved > 0 and diff <= 0.05 * moved, (diff, moved)  # step 2's update, not noise around it
 
 
 def test_is_weights_of_stale_rows_equal_current_over_behaviour(ray_cluster, tmp_path):  # noqa: F811
