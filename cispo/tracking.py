@@ -102,6 +102,14 @@ def _parse_metrics(path: Path) -> _Parsed:
     return parsed
 
 
+def metrics_file(run_dir: Path) -> Path | None:
+    """The run's `metrics.jsonl`, else its archived `metrics.jsonl.gz`, else None (not a run folder)."""
+    for name in (METRICS_FILENAME, ARCHIVED_METRICS_FILENAME):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    return None
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """Records of a metrics file (or of `run_dir/metrics.jsonl`, else `run_dir/metrics.jsonl.gz`, when
     given a folder), in file order. A `.gz` file is read decompressed.
@@ -111,10 +119,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """
     path = Path(path)
     if path.is_dir():
-        archived = path / ARCHIVED_METRICS_FILENAME
-        path = path / METRICS_FILENAME
-        if not path.is_file() and archived.is_file():
-            path = archived
+        path = metrics_file(path) or path / METRICS_FILENAME
     if not path.is_file():
         raise FileNotFoundError(f"metrics file {path} does not exist")
     return _parse_metrics(path).records

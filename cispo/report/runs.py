@@ -18,7 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cispo.tracking import ARCHIVED_METRICS_FILENAME, ELAPSED_KEY, METRICS_FILENAME, STEP_TIME_KEY, read_metrics
+from cispo.tracking import (ARCHIVED_METRICS_FILENAME, ELAPSED_KEY, METRICS_FILENAME, STEP_TIME_KEY, metrics_file,
+                             read_metrics)
 
 log = logging.getLogger(__name__)
 
@@ -140,14 +141,6 @@ def group_keys(group_by: str) -> list[str]:
     if not all(keys):
         raise CompareError(f"--group-by {group_by!r}: expected config keys separated by {GROUP_KEY_SEPARATOR!r}")
     return keys
-
-
-def metrics_file(folder: Path) -> Path | None:
-    """The run's `metrics.jsonl`, else its archived `metrics.jsonl.gz`, else None (not a run folder)."""
-    for name in (METRICS_FILENAME, ARCHIVED_METRICS_FILENAME):
-        if (folder / name).is_file():
-            return folder / name
-    return None
 
 
 def load_run(folder: Path, group_by: str = ALGORITHM_KEY) -> Run:

@@ -284,12 +284,14 @@ def test_archived_runs_give_the_same_summary(runs: list[Path], result: tuple[dic
     import gzip
     import shutil
 
+    from cispo.report.runs import find_config
+    from cispo.tracking import MetricsFileError
+
     archived = []
     for index, run in enumerate(discover_runs(runs)):
         dest = tmp_path / "archive" / f"{index}_{run.group}_s{run.seed}"
         dest.mkdir(parents=True)
-        config = run.path / ".hydra" / "config.yaml" if (run.path / ".hydra").is_dir() else run.path / "config.yaml"
-        shutil.copy(config, dest / "config.yaml")
+        shutil.copy(find_config(run.path), dest / "config.yaml")
         (dest / "metrics.jsonl.gz").write_bytes(gzip.compress((run.path / "metrics.jsonl").read_bytes()))
         archived.append(dest)
     assert len(archived) == 6
@@ -298,7 +300,7 @@ def test_archived_runs_give_the_same_summary(runs: list[Path], result: tuple[dic
     assert again["accuracy"] == summary["accuracy"] and again["mechanism"] == summary["mechanism"]
 
     (archived[0] / "metrics.jsonl.gz").write_bytes(b"not gzip")
-    with pytest.raises(Exception, match=f"{archived[0] / 'metrics.jsonl.gz'}: not a readable gzip file"):
+    with pytest.raises(MetricsFileError, match=f"{archived[0] / 'metrics.jsonl.gz'}: not a readable gzip file"):
         compare([tmp_path / "archive"], tmp_path / "out2", plots=False)
 
 
