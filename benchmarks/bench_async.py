@@ -58,7 +58,7 @@ def make_config(run_dir: Path, overrides: list[str]):
     from omegaconf import OmegaConf
 
     from cispo.config import load_config
-    from cispo.train import CONFIG_DIR
+    from cispo.cli.train import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         raw = compose(config_name="train", overrides=[*COMMON, f"run_dir={run_dir}", *overrides])
@@ -88,7 +88,7 @@ def main() -> int:
     import ray
     from ray.cluster_utils import Cluster
 
-    from cispo.loop import train
+    from cispo.driver.loop import train
 
     load_start = os.getloadavg()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})

@@ -210,7 +210,7 @@ class Trial:
 
 def run_trial(run_dir: Path, kind: str, rng: random.Random, window: float, src: Path = ROOT) -> Trial:
     """One chaos trial on a fresh `run_dir` (see the module docstring)."""
-    from cispo.fault_tolerance import iter_events
+    from cispo.driver.supervisor import iter_events
 
     start = time.monotonic()
     watch = WorkerWatch(run_dir)

@@ -263,7 +263,7 @@ def main() -> None:
         import ray
 
         from rollout.group import RolloutGroup
-        from rollout.weight_sync import ExpectedWeights
+        from rollout.weight_format import ExpectedWeights
 
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:

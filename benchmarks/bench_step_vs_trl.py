@@ -81,7 +81,7 @@ def trl_spec(model: str, steps: int) -> dict:
     from transformers import AutoTokenizer
 
     from cispo.data import PromptSampler, load_data, render_prompts
-    from cispo.warmstart import warm_start
+    from cispo.driver.warmstart import warm_start
     from rollout.models import default_cache_dir, prepare_model
 
     cfg = compose(MODELS[model] + OURS_COMMON + [f"total_steps={steps}"])

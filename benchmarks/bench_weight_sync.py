@@ -98,6 +98,7 @@ def measure(name: str, reps: int, bucket_mb: float, env: dict[str, str]) -> dict
     import ray
 
     from cispo.trainer import TrainerConfig
+    from cispo.driver.weights import make_broadcast
     from cispo.trainer.group import TrainerGroup
     from rollout.config import EngineConfig, GroupConfig
     from rollout.group import RolloutGroup
@@ -126,7 +127,7 @@ def measure(name: str, reps: int, bucket_mb: float, env: dict[str, str]) -> dict
                 for p in pids.values():
                     _reset_peak(p)
                 t0 = time.perf_counter()
-                stats = rollout.update_weights(trainer.weights_for(rollout))
+                stats = make_broadcast(rollout.config.weight_sync, trainer, rollout).load()
                 sec = time.perf_counter() - t0
                 if rep == 0:
                     continue

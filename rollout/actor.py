@@ -13,7 +13,7 @@ from rollout.config import EngineConfig, SamplingConfig
 from rollout.engine import Prompt, RolloutEngine
 from rollout.process_output import redirect_worker_output
 from rollout.types import RolloutResult
-from rollout.weight_sync import PackedWeights, unpack_weights
+from rollout.weight_format import PackedWeights, unpack_weights
 
 
 class RolloutActor:

@@ -22,7 +22,7 @@ from rollout.logs import quiet_harmless_reload_warning
 from rollout.models import prepare_model
 from rollout.repetition import EXTRA_ARG, repetition_cut
 from rollout.types import RolloutResult
-from rollout.weight_sync import (
+from rollout.weight_format import (
     ExpectedWeights,
     WeightsLike,
     WeightSyncError,
@@ -32,6 +32,7 @@ from rollout.weight_sync import (
 )
 
 Message = Mapping[str, str]
+CHANNEL_CLOSE_TIMEOUT_S = 10.0
 Prompt = str | Sequence[int] | Sequence[Message]
 
 
@@ -129,6 +130,7 @@ class RolloutEngine:
         # Why generation is refused until the next complete update (a streamed update cut part-way).
         self._stale: str | None = None
         self.weight_version = 0
+        self._channel_open = False  # joined a collective weight channel: left on close()
 
     # ----------------------------------------------------------------- prompts
     def tokenize_prompts(self, prompts: Sequence[Prompt]) -> tuple[list[list[int]], list[int]]:
@@ -327,6 +329,7 @@ class RolloutEngine:
         self._check_idle()
         ranks = self.llm.collective_rpc("cispo_channel_open", timeout=spec.timeout_s * 1.5 + 5.0,
                                         args=(spec, rank_offset))
+        self._channel_open = True
         return [int(r) for r in ranks]
 
     def receive_weights(self, *, timeout_s: float | None = None) -> dict[str, float]:
@@ -388,6 +391,12 @@ class RolloutEngine:
         llm = self.__dict__.pop("llm", None)
         if llm is None:
             return
+        if self._channel_open:  # leave the weight channel's process group before the workers go
+            try:
+                llm.collective_rpc("cispo_channel_close", timeout=CHANNEL_CLOSE_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - best effort on the way out: the workers are shut down next
+                pass
+            self._channel_open = False
         if not self.config.multiprocessing:
             RolloutEngine._live_in_process = 0
         core = getattr(llm.llm_engine, "engine_core", None)

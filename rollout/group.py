@@ -21,7 +21,7 @@ from rollout.config import EngineConfig, GroupConfig, SamplingConfig
 from rollout.engine import Prompt
 from rollout.types import RolloutResult
 from rollout.weight_channel import ChannelSpec, WeightStream
-from rollout.weight_sync import PackedWeights, WeightsLike, WeightSyncError, WeightSyncTimeoutError, pack_weights
+from rollout.weight_format import PackedWeights, WeightsLike, WeightSyncError, WeightSyncTimeoutError, pack_weights
 
 
 class RolloutGroupError(RuntimeError):

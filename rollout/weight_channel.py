@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from rollout.weight_sync import WeightSyncError
+from rollout.weight_format import WeightSyncError
 
 # Offsets of tensors inside a bucket are multiples of this, so every slice can be viewed as its dtype.
 _ALIGN = 64

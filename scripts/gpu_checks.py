@@ -36,6 +36,7 @@ def agreement(gpus: float, channel: str, tolerance: float) -> dict:
     import ray
 
     from cispo.trainer import TrainBatch, TrainerConfig, TrainerGroup
+    from cispo.driver.weights import make_broadcast
     from cispo.trainer.synthetic import random_batch
     from rollout.config import EngineConfig, GroupConfig, SamplingConfig
     from rollout.group import RolloutGroup
@@ -57,7 +58,7 @@ def agreement(gpus: float, channel: str, tolerance: float) -> dict:
         vocab = AutoConfig.from_pretrained(str(path)).vocab_size
         trainer.update(random_batch(8, prompt_len=4, max_response_len=8, vocab_size=vocab, seed=1))
         t0 = time.perf_counter()
-        stats = rollout.update_weights(trainer.weights_for(rollout))
+        stats = make_broadcast(rollout.config.weight_sync, trainer, rollout).load()
         sync_s = time.perf_counter() - t0
         results = rollout.generate([[5, 17, 42, 8], [9, 3, 77, 21, 30]],
                                    SamplingConfig(n=4, max_tokens=12, temperature=1.0, seed=0))

@@ -2,7 +2,7 @@
 and the stateful sampler. See docs/data.md for the mapping of every source."""
 
 from cispo.data.arithmetic import arithmetic_rows, evaluate_expression, generate_problems, problem_space_size
-from cispo.data.config import (
+from cispo.config.data import (
     M1_SYSTEM_PROMPT,
     ArithmeticConfig,
     ColumnMap,

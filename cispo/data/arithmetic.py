@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from cispo.data.config import ArithmeticConfig
+from cispo.config.data import ArithmeticConfig
 from cispo.data.types import PromptRow
 
 DATA_SOURCE = "arithmetic"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cispo.data.arithmetic import arithmetic_rows
-from cispo.data.config import DataConfig, DatasetSpec
+from cispo.config.data import DataConfig, DatasetSpec
 from cispo.data.io import detect_format, read_hub_rows, read_rows
 from cispo.data.sources import ARITHMETIC, GENERIC, FieldError, detect_source, get_source
 from cispo.data.types import BadRow, BadRowError, PromptDataset, PromptRow

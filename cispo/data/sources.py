@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from cispo.data.config import PROMPT_PLACEHOLDER, ColumnMap
+from cispo.config.data import PROMPT_PLACEHOLDER, ColumnMap
 from rewards.code_data import LEETCODE_PRELUDE as LEETCODE_SETUP
 from rewards.code_data import humaneval_ground_truth
 from cispo.data.types import GroundTruth

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, Sequence
 
-from cispo.data.config import PromptConfig
+from cispo.config.data import PromptConfig
 from cispo.data.types import PromptRow
 
 Message = dict[str, str]

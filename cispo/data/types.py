@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from cispo.data.config import PROMPT_PLACEHOLDER
+from cispo.config.data import PROMPT_PLACEHOLDER
 
 GroundTruth = str | dict[str, Any]
 

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from cispo.data import PromptConfig, PromptDataset, encode_prompts
 from cispo.evaluation.metrics import EvalMetrics, ProblemSamples, evaluate_samples
-from cispo.scoring import score_rollouts
+from cispo.evaluation.scoring import score_rollouts
 from rewards import RewardConfig
 from rollout.config import SamplingConfig
 from rollout.types import RolloutResult

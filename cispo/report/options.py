@@ -1,11 +1,22 @@
-"""Settings of a comparison (`cispo.compare`): one dataclass, every default documented here."""
+"""Settings of a comparison (`python -m cispo.compare`): one dataclass, every default documented here."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from cispo.report.markdown import NUMBER_FORMAT
-from cispo.report.plots import PlotStyle
+
+
+@dataclass(frozen=True)
+class PlotStyle:
+    """How the comparison's figures look."""
+
+    figure_size: tuple[float, float] = (7.0, 4.5)
+    dpi: int = 110
+    band_alpha: float = 0.2
+    grid_alpha: float = 0.3
+    max_points_with_markers: int = 30
+    switch_unit_after: float = 2.0  # use minutes from 2 minutes on, hours from 2 hours on
 
 
 @dataclass(frozen=True)

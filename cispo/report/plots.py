@@ -7,26 +7,16 @@ it works headless and inside other programs that use matplotlib themselves.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
+from cispo.report.options import PlotStyle
 from cispo.report.stats import Curve
 
 AXES = ("step", "time")
 SECONDS_PER = {"hours": 3600.0, "minutes": 60.0, "seconds": 1.0}
-
-
-@dataclass(frozen=True)
-class PlotStyle:
-    figure_size: tuple[float, float] = (7.0, 4.5)
-    dpi: int = 110
-    band_alpha: float = 0.2
-    grid_alpha: float = 0.3
-    max_points_with_markers: int = 30
-    switch_unit_after: float = 2.0  # use minutes from 2 minutes on, hours from 2 hours on
 
 
 def file_stem(key: str) -> str:

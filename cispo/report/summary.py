@@ -17,7 +17,7 @@ from cispo.report.options import CompareConfig
 from cispo.report.paired import mean_over_range
 from cispo.report.runs import SEED_KEY, Run
 from cispo.report.stats import Curve, curve_across_seeds, first_step_reaching, mean_ci
-from cispo.console import EVAL_ACCURACY_RE
+from cispo.tracking.console import EVAL_ACCURACY_RE
 from cispo.tracking import ELAPSED_KEY, STEP_TIME_KEY
 
 REWARD_KEY = "reward/mean"

@@ -5,7 +5,7 @@ one. See ``docs/trainer.md``.
 """
 
 from cispo.trainer.batch import TrainBatch
-from cispo.trainer.config import TrainerConfig
+from cispo.config.trainer import TrainerConfig
 
 __all__ = ["PolicyActor", "PolicyWorker", "TrainBatch", "TrainerConfig", "TrainerGroup"]
 

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from cispo.trainer import comm
 from cispo.trainer.batch import TrainBatch
-from cispo.trainer.config import TrainerConfig
+from cispo.config.trainer import TrainerConfig
 from rollout.process_output import redirect_worker_output
 
 
@@ -63,7 +63,7 @@ class PolicyActor:
         """Like :meth:`export_weights`, as numpy arrays for the rollout actors to read zero-copy from
         Ray's object store (rank 0; None elsewhere), with their size in bytes. Called with
         ``num_returns=2`` the weights never pass through the driver: it forwards the reference."""
-        from rollout.weight_sync import pack_weights
+        from rollout.weight_format import pack_weights
 
         weights = self._ready().export_weights()
         if self.rank != 0:
@@ -72,7 +72,7 @@ class PolicyActor:
         return packed, sum(a.nbytes for a in packed.arrays.values())
 
     def open_weight_channel(self, spec: object) -> None:
-        """Rank 0: host and join the collective weight channel (see ``TrainerGroup.weights_for``)."""
+        """Rank 0: host and join the collective weight channel (see ``cispo.driver.weights.CollectiveBroadcast``)."""
         self._ready().open_weight_channel(spec)
 
     def send_weights(self) -> dict[str, float]:

@@ -24,6 +24,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Protocol
 
+from torch import Tensor
+
 from cispo.checkpoint.layout import ATTEMPT_FILE
 from cispo.trainer import comm
 
@@ -47,6 +49,7 @@ class SavableWorker(Protocol):
     hf_model: Any
     model_path: Path
     skipped_steps_total: int
+    config: Any  # a TrainerConfig
 
     def export_weights(self) -> Any: ...
 
@@ -115,3 +118,42 @@ def load_worker(worker: SavableWorker, directory: str | os.PathLike) -> None:
     if path is None:
         raise ValueError(f"DeepSpeed found no checkpoint in {str(engine_dir)!r}")
     worker.skipped_steps_total = int((client_state or {}).get("skipped_steps_total", 0))
+
+
+# ---- what a resume must reproduce exactly (the tests compare these across a save/load) ----
+
+
+def training_state(worker: SavableWorker) -> dict[str, dict[str, Tensor]]:
+    """fp32 master weights and Adam moments per parameter name (collective under ZeRO-3);
+    for checking that a resume is exact."""
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    out: dict[str, dict[str, Tensor]] = {}
+    opt = worker.engine.optimizer
+    fp32_of = {}
+    if worker.config.zero_stage == 0 and hasattr(opt, "fp32_groups"):  # bf16 ZeRO-0 keeps fp32 copies
+        for low, high in zip(opt.fp16_groups, opt.fp32_groups):
+            fp32_of.update({id(p): q for p, q in zip(low, high)})
+    base = getattr(opt, "optimizer", opt)
+    if hasattr(opt, "_lazy_init_hp_params_optimizer_state") and base.state:
+        # DeepSpeed links Adam moments to parameters after the first param group's first step,
+        # before torch lazily creates the other groups' state (and a load replaces it): relink.
+        opt._hp_optimizer_states_linked = False
+        opt._lazy_init_hp_params_optimizer_state()
+    for name, p in worker.hf_model.named_parameters():
+        master = safe_get_full_fp32_param(p)
+        if master is not None:
+            entry = {"param": master}
+            entry.update({k: safe_get_full_optimizer_state(p, k) for k in ("exp_avg", "exp_avg_sq")})
+        else:
+            q = fp32_of.get(id(p), p)
+            state = base.state.get(q, {})
+            entry = {"param": q.detach()}
+            entry.update({k: state[k] for k in ("exp_avg", "exp_avg_sq") if k in state})
+        out[name] = {k: v.detach().float().cpu().clone() for k, v in entry.items() if v is not None}
+    return out
+
+def scheduler_state(worker: SavableWorker) -> dict[str, float]:
+    sched = worker.engine.lr_scheduler
+    return {"last_epoch": float(sched.last_epoch), "lr": float(worker.engine.get_lr()[0]),
+            "global_step": float(int(worker.engine.global_steps))}

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from cispo.trainer.batch import TrainBatch
-from cispo.trainer.config import TrainerConfig
+from cispo.config.trainer import TrainerConfig
 
 
 def update_shards(batch: TrainBatch, cfg: TrainerConfig) -> list[list[int]]:
@@ -118,25 +118,22 @@ class TrainerGroup:
         sizes = ray.get([size for _, size in pairs], timeout=self.call_timeout_s)
         return pairs[0][0], sizes[0]
 
-    def connect_weight_channel(self, rollout) -> None:  # noqa: ANN001 - a rollout.group.RolloutGroup
-        """Form the collective weight channel between rank 0 and every engine worker of `rollout`."""
+    # ---- the collective weight channel (driven by `cispo.driver.weights.CollectiveBroadcast`) ----
+    def weight_channel_address(self) -> tuple[str, int]:
+        """Host and a free port of rank 0, where the channel's store will listen."""
         import ray
 
-        addr, port = ray.get(self.actors[0].address.remote(), timeout=self.config.setup_timeout_s)
-        rollout.connect_weight_channel(addr, port, self.actors[0].open_weight_channel.remote,
-                                       weights_source=self.export_weights_ref)
+        host, port = ray.get(self.actors[0].address.remote(), timeout=self.config.setup_timeout_s)
+        return host, int(port)
 
-    def weights_for(self, rollout):  # noqa: ANN001, ANN201 - RolloutGroup -> what its update_weights takes
-        """The argument of ``rollout.update_weights`` for its ``weight_sync`` channel: a streamed send
-        under way (``collective``; the channel is formed first if it is not open) or an object-store
-        reference to rank 0's weights (``object_store``)."""
-        if rollout.config.weight_sync != "collective":
-            return self.export_weights_ref()
-        from rollout.weight_channel import WeightStream
+    def open_weight_channel(self, spec: object) -> object:
+        """Rank 0 hosts and joins the channel described by `spec`; returns the pending Ray call (it
+        completes when every member has joined)."""
+        return self.actors[0].open_weight_channel.remote(spec)
 
-        if rollout.channel is None:
-            self.connect_weight_channel(rollout)
-        return WeightStream(tuple(a.send_weights.remote() for a in self.actors))
+    def send_weights(self) -> tuple[object, ...]:
+        """Start one streamed sync: every rank gathers, rank 0 sends; the pending Ray calls."""
+        return tuple(a.send_weights.remote() for a in self.actors)
 
     def save(self, directory: str | os.PathLike) -> None:
         self._all("save", str(directory))

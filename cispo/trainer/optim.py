@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cispo.trainer.config import TrainerConfig
+from cispo.config.trainer import TrainerConfig
 
 # DeepSpeed's console report interval; our metrics replace it.
 NEVER_PRINT = 2**31 - 1

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,12 +21,14 @@ from torch import Tensor
 
 from cispo.algorithms import aggregation_count, compute_policy_loss
 from cispo.trainer import comm
+from cispo.config.trainer import TrainerConfig
 from cispo.trainer.batch import TrainBatch, group_units, plan_micro_batches, split_plan
-from cispo.trainer.config import TrainerConfig
 from cispo.trainer.flops import ModelShape, training_flops
 from cispo.trainer.logprobs import PolicyModel, use_fp32_head
 from cispo.trainer.metrics import METRIC_PREFIX, DiagnosticsAccumulator, MismatchAccumulator, StalenessISAccumulator
+from cispo.trainer.checkpoint import load_worker, save_worker, scheduler_state, training_state
 from cispo.trainer.optim import build_optimizer, deepspeed_config
+from cispo.trainer.weights import WeightSender, export_state_dict, iter_weights, weight_manifest
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class PolicyWorker:
         self.ref_engine = self._build_engine(ref_path, train=False) if config.kl_coef > 0 else None
         self.skipped_steps_total = 0
         self.flop_shape = ModelShape.of(self.hf_model)  # for actor/perf/flops_per_s and mfu
+        self.sender = WeightSender()  # rank 0's end of the collective weight channel, once opened
 
     # ------------------------------------------------------------------ set-up
     def _build_engine(self, path: Path, *, train: bool):
@@ -329,142 +331,39 @@ class PolicyWorker:
                            lr=lr, applied=applied, entropy_sum=entropy_sum, entropy_tokens=entropy_tokens,
                            real_tokens=real_tokens, padded_tokens=padded_tokens)
 
-    # -------------------------------------------------------------- weights
+    # -------------------------------------------------------------- weights (cispo.trainer.weights)
     def export_weights(self) -> dict[str, Tensor]:
-        """The full state dict in HF names, on CPU, on rank 0 (gathered under ZeRO-3, which makes it
-        collective there); the other ranks take part and get ``{}`` (no second full copy each).
-
-        With tied embeddings ``lm_head.weight`` is included: vLLM keeps a wrong head without it."""
-        import deepspeed
-
-        model = self.hf_model
-        gather = (deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
-                  if self.config.zero_stage == 3 else nullcontext())
-        with gather:
-            if self.rank != 0:
-                return {}
-            state = {name: t.detach().to("cpu", copy=True).contiguous() for name, t in model.state_dict().items()}
-        head = model.get_output_embeddings()
-        head_key = next((n + ".weight" for n, mod in model.named_modules() if mod is head), None)
-        if head_key is not None and head_key not in state:  # a tied head under another name only
-            source = next(n for n, p in model.named_parameters() if p is head.weight)
-            state[head_key] = state[source].clone()
-        return state
-
-    def _unique_parameters(self) -> list[tuple[str, list[tuple[str, torch.nn.Parameter]]]]:
-        """(module name, its own parameters with full names) in module order, each parameter once
-        (a tied head is skipped: the engine fills it from the embedding)."""
-        seen: set[int] = set()
-        out = []
-        for mod_name, module in self.hf_model.named_modules():
-            own = []
-            for p_name, p in module.named_parameters(recurse=False):
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    own.append((f"{mod_name}.{p_name}" if mod_name else p_name, p))
-            if own:
-                out.append((mod_name, own))
-        return out
+        """The full state dict in HF names, on CPU, on rank 0 (collective under ZeRO-3)."""
+        return export_state_dict(self.hf_model, zero3=self.config.zero_stage == 3, rank=self.rank)
 
     def weight_manifest(self) -> list[tuple[str, tuple[int, ...], str]]:
-        """(name, full shape, dtype) of every parameter in streaming order, without gathering
-        (ZeRO-3 keeps the full shape in ``ds_shape``)."""
-        return [(name, tuple(getattr(p, "ds_shape", p.shape)), str(p.dtype).removeprefix("torch."))
-                for _, params in self._unique_parameters() for name, p in params]
+        return weight_manifest(self.hf_model)
 
     def iter_weights(self):  # noqa: ANN201 - Iterator[Tensor]
-        """The parameters in manifest order, gathered one module at a time under ZeRO-3 (collective:
-        every rank must run it to the end). Each tensor is valid only until the next is requested."""
-        import deepspeed
-
-        for _, params in self._unique_parameters():
-            ctx = (deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=None)
-                   if self.config.zero_stage == 3 else nullcontext())
-            with ctx, torch.no_grad():
-                for _, p in params:
-                    yield p.detach()
+        return iter_weights(self.hf_model, zero3=self.config.zero_stage == 3)
 
     def open_weight_channel(self, spec) -> None:  # noqa: ANN001 - rollout.weight_channel.ChannelSpec
         """Rank 0 hosts and joins the collective weight channel as its sender (blocks until it forms)."""
-        from rollout.weight_channel import WeightChannel
-
         if self.rank != 0:
             raise RuntimeError("only trainer rank 0 joins the weight channel")
-        old = getattr(self, "weight_channel", None)
-        if old is not None:
-            old.close()
-        self.weight_channel = None
-        self.weight_channel = WeightChannel(spec, 0, device=self.device if spec.backend == "nccl" else "cpu")
+        self.sender.open(spec, self.device)
 
     def send_weights(self) -> dict[str, float]:
-        """One streamed sync (collective over the trainer ranks under ZeRO-3): every rank gathers
-        module by module; rank 0 broadcasts the buckets on its weight channel. If sending fails,
-        rank 0 still finishes the gathers so the other ranks are not left waiting in one."""
-        start = time.perf_counter()
-        weights = self.iter_weights()
-        if self.rank != 0:
-            for _ in weights:
-                pass
-            return {"total_s": time.perf_counter() - start}
-        channel = getattr(self, "weight_channel", None)
-        if channel is None:
-            for _ in weights:
-                pass
-            raise RuntimeError("trainer rank 0 has no weight channel: open_weight_channel() first")
-        from rollout.weight_channel import TensorSpec
+        """One streamed sync (collective over the trainer ranks under ZeRO-3)."""
+        return self.sender.send(self.hf_model, zero3=self.config.zero_stage == 3, rank=self.rank)
 
-        manifest = [TensorSpec(n, s, d) for n, s, d in self.weight_manifest()]
-        try:
-            stats = channel.send(manifest, weights)
-        except Exception:
-            for _ in weights:
-                pass
-            raise
-        return stats | {"total_s": time.perf_counter() - start}
-
+    # -------------------------------------------------------------- checkpoints (cispo.trainer.checkpoint)
     def training_state(self) -> dict[str, dict[str, Tensor]]:
-        """fp32 master weights and Adam moments per parameter name (collective under ZeRO-3);
-        for checking that a resume is exact."""
-        from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
-
-        out: dict[str, dict[str, Tensor]] = {}
-        opt = self.engine.optimizer
-        fp32_of = {}
-        if self.config.zero_stage == 0 and hasattr(opt, "fp32_groups"):  # bf16 ZeRO-0 keeps fp32 copies
-            for low, high in zip(opt.fp16_groups, opt.fp32_groups):
-                fp32_of.update({id(p): q for p, q in zip(low, high)})
-        base = getattr(opt, "optimizer", opt)
-        if hasattr(opt, "_lazy_init_hp_params_optimizer_state") and base.state:
-            # DeepSpeed links Adam moments to parameters after the first param group's first step,
-            # before torch lazily creates the other groups' state (and a load replaces it): relink.
-            opt._hp_optimizer_states_linked = False
-            opt._lazy_init_hp_params_optimizer_state()
-        for name, p in self.hf_model.named_parameters():
-            master = safe_get_full_fp32_param(p)
-            if master is not None:
-                entry = {"param": master}
-                entry.update({k: safe_get_full_optimizer_state(p, k) for k in ("exp_avg", "exp_avg_sq")})
-            else:
-                q = fp32_of.get(id(p), p)
-                state = base.state.get(q, {})
-                entry = {"param": q.detach()}
-                entry.update({k: state[k] for k in ("exp_avg", "exp_avg_sq") if k in state})
-            out[name] = {k: v.detach().float().cpu().clone() for k, v in entry.items() if v is not None}
-        return out
+        """fp32 master weights and Adam moments per parameter name (collective under ZeRO-3)."""
+        return training_state(self)
 
     def scheduler_state(self) -> dict[str, float]:
-        sched = self.engine.lr_scheduler
-        return {"last_epoch": float(sched.last_epoch), "lr": float(self.engine.get_lr()[0]),
-                "global_step": float(self.global_step)}
+        return scheduler_state(self)
 
     def save(self, directory: str | os.PathLike) -> None:
-        from cispo.trainer.checkpoint import save_worker
-
         save_worker(self, directory)
 
     def load(self, directory: str | os.PathLike) -> None:
-        from cispo.trainer.checkpoint import load_worker
-
         load_worker(self, directory)
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cispo.batch_log import read_batches
+from cispo.driver.batch_log import read_batches
 from cispo.data import PromptSampler, load_data
 from cispo.tracking import read_metrics
 from tests.integration.test_train_loop import VOLATILE, make_config, ray_cluster  # noqa: F401 - fixture
@@ -31,7 +31,7 @@ def test_k0_gives_the_updates_of_the_sync_loop(ray_cluster, tmp_path):  # noqa: 
     once saw the step-1 update differ by ~1e-4 (relative) with identical samples, the size of a
     last-bit difference after Adam (which turns a near-zero gradient's sign into a +-lr step). A
     version or data bug changes the samples themselves, and those are compared exactly."""
-    from cispo.loop import train
+    from cispo.driver.loop import train
 
     common = ("total_steps=2", "eval.every=0", "algorithm.old_log_probs=rollout", "checkpoint.save_every=1")
     sync = train(make_config(tmp_path / "sync", *common))
@@ -55,7 +55,7 @@ def test_k0_gives_the_updates_of_the_sync_loop(ray_cluster, tmp_path):  # noqa: 
 def test_is_weights_of_stale_rows_equal_current_over_behaviour(ray_cluster, tmp_path):  # noqa: F811
     """One mini-batch per step, so the loss sees every row before any optimizer step of that step: its IS
     weight must be exp(log pi_theta - log pi_engine), pi_theta computed here by a separate forward pass."""
-    from cispo.loop import train
+    from cispo.driver.loop import train
 
     expected: list[dict[int, float]] = []
 
@@ -90,7 +90,7 @@ def test_is_weights_of_stale_rows_equal_current_over_behaviour(ray_cluster, tmp_
 def test_kill_and_resume_neither_skips_nor_repeats_a_prompt(ray_cluster, tmp_path):  # noqa: F811
     """NeMo-RL's async resume skipped ~30% of prompts. Killed right after step 2's checkpoint (the
     producer had drawn ahead), then resumed: the prompts trained are the sampler's order, once each."""
-    from cispo.loop import train
+    from cispo.driver.loop import train
 
     class Killed(Exception):
         pass

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cispo.eval import resolve_model
+from cispo.cli.eval import resolve_model
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from cispo.fault_tolerance import EXIT_WORKER_FAILURE, RESTARTS_KEY, iter_events
+from cispo.driver.failures import EXIT_WORKER_FAILURE
+from cispo.driver.supervisor import RESTARTS_KEY, iter_events
 from cispo.tracking import read_metrics
 
 pytestmark = pytest.mark.slow

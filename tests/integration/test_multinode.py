@@ -34,8 +34,8 @@ def bundle_nodes(pg) -> set[str]:  # noqa: ANN001
 
 
 def test_rollout_and_trainer_on_their_own_nodes(two_node_cluster, tmp_path: Path):
-    from cispo.components import build_components
-    from cispo.loop import collect_groups, train_on_groups
+    from cispo.driver.components import build_components
+    from cispo.driver.loop import collect_groups, train_on_groups
     from cispo.tracking import PhaseTimer
 
     cfg = make_config(tmp_path / "run", "++rollout.group.resources={rollout_node: 1}",
@@ -54,7 +54,7 @@ def test_rollout_and_trainer_on_their_own_nodes(two_node_cluster, tmp_path: Path
 
 
 def test_unplaceable_workers_fail_fast_with_a_clear_error(two_node_cluster, tmp_path: Path):
-    from cispo.components import build_components
+    from cispo.driver.components import build_components
 
     cfg = make_config(tmp_path / "run", "++trainer.resources_per_rank={gpu_node: 1}", "ray.placement_timeout_s=3")
     with pytest.raises(RuntimeError, match="cispo-trainer: could not place 1 worker"):

@@ -17,7 +17,7 @@ from rollout.config import EngineConfig, SamplingConfig
 from rollout.engine import engine_threads, omp_bind_list
 from rollout.models import prepare_model
 from rollout.repetition import repetition_cut
-from rollout.weight_sync import ExpectedWeights, to_safetensors_bytes
+from rollout.weight_format import ExpectedWeights, to_safetensors_bytes
 
 MAX_LEN = 128
 CHAT = [{"role": "user", "content": "What is 23 + 58?"}]
@@ -258,7 +258,7 @@ def test_update_weights_logprobs_match_transformers(engine, hf_models):
 
 @pytest.mark.slow
 def test_update_timeout_is_a_clear_error(engine, hf_models):
-    from rollout.weight_sync import WeightSyncTimeoutError
+    from rollout.weight_format import WeightSyncTimeoutError
 
     new, old = hf_models[("tiny", 1)], hf_models[("tiny", 0)]
     version = engine.weight_version

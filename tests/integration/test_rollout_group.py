@@ -23,7 +23,7 @@ def test_split_evenly():
 
 
 def test_pack_weights_round_trip():
-    from rollout.weight_sync import pack_weights, unpack_weights
+    from rollout.weight_format import pack_weights, unpack_weights
 
     w = {"a": torch.randn(3, 4), "b": torch.randn(5).to(torch.bfloat16), "c": torch.randn(4, 3).t()}
     back = unpack_weights(pack_weights(w))
@@ -95,7 +95,7 @@ def test_results_in_prompt_order(group):
 
 @pytest.mark.slow
 def test_weight_update_across_processes(group, new_model):
-    from rollout.weight_sync import to_safetensors_bytes
+    from rollout.weight_format import to_safetensors_bytes
 
     s = SamplingConfig(n=2, max_tokens=16, seed=6, top_p=0.9)
     sd = new_model.state_dict()
@@ -108,7 +108,7 @@ def test_weight_update_across_processes(group, new_model):
     # A reference already in the object store (the trainer's path) is forwarded without a copy here.
     import ray
 
-    from rollout.weight_sync import pack_weights
+    from rollout.weight_format import pack_weights
 
     stats = group.update_weights((ray.put(pack_weights(sd)), 123))
     assert stats["num_bytes"] == 123 and stats["serialize_s"] == 0.0

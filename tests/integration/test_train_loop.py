@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from cispo.config import ConfigError, load_config
 from cispo.tracking import read_metrics
-from cispo.train import CONFIG_DIR
+from cispo.cli.train import CONFIG_DIR
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +43,7 @@ def ray_cluster():
 
 
 def run(run_dir: Path, *overrides: str) -> Path:
-    from cispo.loop import train
+    from cispo.driver.loop import train
 
     return train(make_config(run_dir, *overrides))
 

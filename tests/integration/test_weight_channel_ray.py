@@ -9,12 +9,13 @@ import time
 import numpy as np
 import pytest
 
+from cispo.driver.weights import CollectiveBroadcast
 from cispo.trainer import TrainBatch, TrainerConfig
 from cispo.trainer.synthetic import random_batch
 from rollout.config import EngineConfig, GroupConfig, SamplingConfig
 from rollout.models import prepare_model
 from rollout.weight_channel import TensorSpec, WeightStream
-from rollout.weight_sync import WeightSyncError
+from rollout.weight_format import WeightSyncError
 
 pytestmark = pytest.mark.slow
 
@@ -120,7 +121,7 @@ def test_streamed_sync_gives_every_engine_the_trainer_log_probs(cluster):
     stale = _rollout_batch(rollout, seed=0)
     assert _gap(trainer, stale) > 100 * TOLERANCE  # the update changed the policy visibly
 
-    stats = rollout.update_weights(trainer.weights_for(rollout))  # forms the channel, then streams
+    stats = CollectiveBroadcast(trainer, rollout).load()  # forms the channel, then streams
     assert rollout.channel is not None and rollout.channel.world_size == 3  # rank 0 + 2 engines
     assert stats["num_buckets"] >= 4  # streamed, not one blob
     fresh = _rollout_batch(rollout, seed=0)  # both actors' shares
@@ -129,7 +130,7 @@ def test_streamed_sync_gives_every_engine_the_trainer_log_probs(cluster):
     # A second step over the same channel (no new group).
     channel = rollout.channel
     trainer.update(fresh)
-    rollout.update_weights(trainer.weights_for(rollout))
+    CollectiveBroadcast(trainer, rollout).load()
     assert rollout.channel is channel and _gap(trainer, _rollout_batch(rollout, seed=1)) <= TOLERANCE
 
 
@@ -166,7 +167,7 @@ def test_a_stalled_sender_times_out_with_a_clear_error(cluster):
     finally:
         rollout.config.weight_channel_timeout_s = 60
     # The trainer forms a fresh channel and syncs again.
-    rollout.update_weights(trainer.weights_for(rollout))
+    CollectiveBroadcast(trainer, rollout).load()
     assert _gap(trainer, _rollout_batch(rollout, seed=3)) <= TOLERANCE
 
 
@@ -178,7 +179,7 @@ def test_a_stream_cut_part_way_leaves_no_engine_generating_on_mixed_weights(clus
     # The stub gave the group no weights to repair with: the engines refuse to generate.
     with pytest.raises(WeightSyncError, match="mix of two versions"):
         _rollout_batch(rollout, seed=6)
-    rollout.update_weights(trainer.weights_for(rollout))  # a complete sync (new channel) fixes them
+    CollectiveBroadcast(trainer, rollout).load()  # a complete sync (new channel) fixes them
     assert _gap(trainer, _rollout_batch(rollout, seed=6)) <= TOLERANCE
 
 
@@ -186,16 +187,16 @@ def test_an_engine_gone_fails_the_sync_clearly_and_a_restart_recovers(cluster):
     import ray
 
     trainer, rollout, _ = cluster
-    rollout.update_weights(trainer.weights_for(rollout))
+    CollectiveBroadcast(trainer, rollout).load()
     ray.kill(rollout.actors[1], no_restart=True)
     start = time.perf_counter()
     with pytest.raises(WeightSyncError, match="rollout actor 1"):
-        rollout.update_weights(trainer.weights_for(rollout))
+        CollectiveBroadcast(trainer, rollout).load()
     assert time.perf_counter() - start < 60
     # The live engine may have been cut part-way: the group repaired it from the trainer's weights.
     rollout.restart_actor(1)  # gets the trainer's current weights through the object store
     fresh = _rollout_batch(rollout, seed=4)
     assert _gap(trainer, fresh) <= TOLERANCE
     trainer.update(fresh)
-    rollout.update_weights(trainer.weights_for(rollout))  # a new channel with the new actor
+    CollectiveBroadcast(trainer, rollout).load()  # a new channel with the new actor
     assert _gap(trainer, _rollout_batch(rollout, seed=5)) <= TOLERANCE

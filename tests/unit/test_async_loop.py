@@ -21,13 +21,15 @@ import numpy as np
 import pytest
 import torch
 
-from cispo.batch_log import BatchLog, read_batches
+from cispo.driver.batch_log import BatchLog, read_batches
 from cispo.checkpoint import GracefulStop
 from cispo.config import load_config
 from cispo.data import PromptRow, PromptSampler
-from cispo.dynamic_sampling import KeepRateEstimate
-from cispo.loop import run_steps
-from cispo.pipeline import PolicyVersions, RolloutProducer, split_by_staleness, staleness_metrics
+from cispo.driver.dynamic_sampling import KeepRateEstimate
+from cispo.driver.loop import run_steps
+from cispo.driver.state import LoopState
+from cispo.driver.weights import ObjectStoreBroadcast
+from cispo.driver.pipeline import PolicyVersions, RolloutProducer, split_by_staleness, staleness_metrics
 from rollout.types import RolloutResult
 
 NUM_PROMPTS = 40
@@ -127,7 +129,7 @@ class StandInTrainer:
         self.version += 1
         return {"actor/loss": 0.0}
 
-    def weights_for(self, rollout):
+    def export_weights_ref(self):
         return ("weights", self.version)
 
     def save(self, directory):
@@ -192,23 +194,24 @@ def make_config(mode: str, k: int, total_steps: int, dynamic_sampling: bool = Tr
 def components(cfg, tmp_path, *, resume: dict | None = None, delay_s: float = 0.0) -> SimpleNamespace:
     start = resume["step"] if resume else 0
     tmp_path.mkdir(parents=True, exist_ok=True)
-    c = SimpleNamespace(cfg=cfg, pad_token_id=0, start_step=start, elapsed=0.0, pending_weights=None,
-                        rollout=StandInEngine(start, delay_s), trainer=StandInTrainer(start, delay_s),
-                        sampler=PromptSampler(rows(), seed=3), keep_rate=KeepRateEstimate(cfg.algorithm.keep_rate_memory),
-                        versions=PolicyVersions(start), logger=Recorder(),
+    state = LoopState(start, 0.0, KeepRateEstimate(cfg.algorithm.keep_rate_memory), PolicyVersions(start))
+    rollout, trainer = StandInEngine(start, delay_s), StandInTrainer(start, delay_s)
+    c = SimpleNamespace(cfg=cfg, pad_token_id=0, state=state, rollout=rollout, trainer=trainer,
+                        weights=ObjectStoreBroadcast(trainer, rollout),
+                        sampler=PromptSampler(rows(), seed=3), logger=Recorder(),
                         batch_log=BatchLog(tmp_path, start if resume else None), saved={})
     if resume:
         c.sampler.load_state_dict(resume["sampler"])
-        c.keep_rate.load_state_dict(resume["keep_rate"])
+        c.state.keep_rate.load_state_dict(resume["keep_rate"])
     c.encode = lambda batch: [[1000 + int(r.id[1:])] for r in batch]
     c.train_sampling = lambda seed: dataclasses.replace(cfg.rollout.sampling, seed=seed)
     c.evaluate = lambda name: pytest.fail("no eval sets")
 
     def save(step, metrics=None, data_state=None):
         c.saved[step] = {"step": step, **(data_state or {"sampler": c.sampler.state_dict(),
-                                                          "keep_rate": c.keep_rate.state_dict()})}
+                                                          "keep_rate": c.state.keep_rate.state_dict()})}
     c.save = save
-    c.data_state = lambda: {"sampler": c.sampler.state_dict(), "keep_rate": c.keep_rate.state_dict()}
+    c.data_state = lambda: {"sampler": c.sampler.state_dict(), "keep_rate": c.state.keep_rate.state_dict()}
     return c
 
 
@@ -343,7 +346,7 @@ def test_no_positive_resampling_retires_solved_prompts_and_saves_them(tmp_path):
 
 
 def test_a_prompt_is_retired_exactly_when_its_group_passes_the_threshold():
-    from cispo.loop import Group, retire_solved_prompts
+    from cispo.driver.loop import Group, retire_solved_prompts
     from rewards import RewardResult
 
     def group(index, correct):
@@ -401,7 +404,7 @@ def test_batch_log_resume_moves_later_lines_aside(tmp_path):
 
 
 def test_async_config_errors():
-    from cispo.schema import ConfigError
+    from cispo.config.schema import ConfigError
 
     with pytest.raises(ConfigError, match="algorithm.old_log_probs=rollout"):
         load_config({"rollout": {"mode": "async"}, "algorithm": {"max_staleness": 2, "old_log_probs": "recompute"}})

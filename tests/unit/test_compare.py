@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from cispo.compare import CompareError, compare, discover_runs, main, mean_ci, seed_curve, t_critical
+from cispo.cli.compare import CompareError, compare, discover_runs, main, mean_ci, seed_curve, t_critical
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = range(1, 11)

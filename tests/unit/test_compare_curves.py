@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from cispo.compare import CompareConfig, CurveFitConfig, compare, main
+from cispo.cli.compare import CompareConfig, CurveFitConfig, compare, main
 from cispo.report.curvefit import CurveFitError, bootstrap_fit, fit_curve, saturating_curve
 from cispo.report.paired import first_reaching, mean_over_range, paired_difference
 

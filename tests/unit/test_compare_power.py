@@ -89,7 +89,7 @@ def test_cli_on_the_first_cpu_study(capsys: pytest.CaptureFixture[str], tmp_path
 
 def test_auc_spread_from_a_fresh_compare_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """cispo.compare keeps each run's AUC (mean over its steps); the power tool reads it with --stat auc."""
-    from cispo.compare import compare
+    from cispo.cli.compare import compare
 
     curves = {("a", 0): [0.2, 0.4, 0.4], ("a", 1): [0.2, 0.3, 0.5], ("b", 0): [0.2, 0.2, 0.3], ("b", 1): [0.2, 0.4, 0.4]}
     for (alg, seed), values in curves.items():

@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from cispo import config_reference
+from cispo.cli import config_reference
 from cispo.config import DERIVED_KEYS, load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -159,7 +159,7 @@ def test_a_derived_key_in_the_config_is_refused_with_its_name():
 
 @pytest.mark.parametrize("eval_group", ["aime", "heldout"])
 def test_the_evaluate_config_composes_from_the_same_defaults(eval_group):
-    from cispo.eval import load_eval_config
+    from cispo.cli.eval import load_eval_config
 
     GlobalHydra.instance().clear()
     data_group = "math" if eval_group == "aime" else "arithmetic"

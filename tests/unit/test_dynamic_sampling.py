@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
-import cispo.loop as loop
-from cispo.dynamic_sampling import GroupCollector, KeepRateEstimate, prompts_for_keep_rate, round_size
-from cispo.run_config import AlgorithmConfig
+import cispo.driver.loop as loop
+from cispo.driver.dynamic_sampling import GroupCollector, KeepRateEstimate, prompts_for_keep_rate, round_size
+from cispo.config.sections import AlgorithmConfig
 from cispo.tracking import PhaseTimer
 
 SECONDS_PER_PROMPT = 0.5  # the stand-in generator's cost (exact in binary)
@@ -99,7 +99,7 @@ def components(**algorithm) -> SimpleNamespace:
     alg = AlgorithmConfig(**{"max_gen_rounds": 3, "refill_z": 1.0, "keep_rate_memory": 0.5,
                              "max_round_factor": 4.0, **algorithm})
     cfg = SimpleNamespace(prompts_per_step=8, algorithm=alg)
-    return SimpleNamespace(cfg=cfg, keep_rate=KeepRateEstimate(alg.keep_rate_memory))
+    return SimpleNamespace(cfg=cfg, state=SimpleNamespace(keep_rate=KeepRateEstimate(alg.keep_rate_memory)))
 
 
 def run_step(c, informative: list[int | float], monkeypatch, step: int = 1) -> tuple[list[int], dict[str, float]]:
@@ -123,7 +123,7 @@ def test_keep_rate_rounds_worked_by_hand(monkeypatch):
         (2, 20, 8)
     assert m["dynamic_sampling/keep_rate_estimate"] == 1.0
     assert m["perf/generate_s_per_kept_group"] == SECONDS_PER_PROMPT * 20 / 8
-    assert (c.keep_rate.seen, c.keep_rate.informative) == (10.0, 5.0)
+    assert (c.state.keep_rate.seen, c.state.keep_rate.informative) == (10.0, 5.0)
     # Step 2: p = 0.5, 8 missing: x = 0.5 + sqrt(16.25) = 4.531, x^2 = 20.53 -> 21 prompts in ONE round
     # (20 would give 10 - 2.24 = 7.76 < 8).
     drawn, m = run_step(c, [9], monkeypatch, step=2)
@@ -147,7 +147,7 @@ def test_nothing_informative_draws_the_cap_then_trains_on_nothing(monkeypatch):
     assert drawn == [8, 32]  # p = 0 after round 0: the cap, 4 x 8
     assert m["dynamic_sampling/shortfall"] == 8
     assert "perf/generate_s_per_kept_group" not in m
-    assert c.keep_rate.rate == 0.0
+    assert c.state.keep_rate.rate == 0.0
 
 
 def test_without_filtering_every_round_is_the_batch(monkeypatch):
@@ -155,7 +155,7 @@ def test_without_filtering_every_round_is_the_batch(monkeypatch):
     for step in (1, 2):
         drawn, m = run_step(c, [0], monkeypatch, step=step)  # all zero-variance, but nothing is dropped
         assert drawn == [8] and m["dynamic_sampling/groups_kept"] == 8
-    assert c.keep_rate.rate == 1.0
+    assert c.state.keep_rate.rate == 1.0
 
 
 def test_resumed_estimate_draws_the_same_rounds(monkeypatch):
@@ -165,9 +165,9 @@ def test_resumed_estimate_draws_the_same_rounds(monkeypatch):
     first = components()
     for i, s in enumerate(script[:2]):
         run_step(first, s, monkeypatch, step=i + 1)
-    saved = json.loads(json.dumps(first.keep_rate.state_dict()))  # what the checkpoint's JSON holds
+    saved = json.loads(json.dumps(first.state.keep_rate.state_dict()))  # what the checkpoint's JSON holds
     resumed = components()
-    resumed.keep_rate.load_state_dict(saved)
+    resumed.state.keep_rate.load_state_dict(saved)
     assert [run_step(resumed, s, monkeypatch, step=i + 3)[0] for i, s in enumerate(script[2:])] == sizes[2:]
     # Without the restored estimate the same steps would draw differently (round 0 = 8 prompts).
     fresh = components()

@@ -23,13 +23,9 @@ import pytest
 from cispo.checkpoint import CheckpointManager, verify
 from cispo.checkpoint.layout import ATTEMPT_FILE, OWNER_NAME
 from cispo.checkpoint.lock import RunLock, RunLockedError, WorkerRecord, process_start_time
-from cispo.fault_tolerance import (
-    CHECKPOINTS_SKIPPED_KEY,
-    CheckpointWriteError,
-    FaultToleranceConfig,
-    checkpoint_write_guard,
-    classify,
-)
+from cispo.config.fault_tolerance import FaultToleranceConfig
+from cispo.driver.checkpoint_guard import CHECKPOINTS_SKIPPED_KEY, CheckpointWriteError, checkpoint_write_guard
+from cispo.driver.failures import classify
 from cispo.tracking import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -292,7 +288,7 @@ def test_worker_failures_are_told_apart_from_bugs() -> None:
     import ray.exceptions as rx
 
     from rollout.group import RolloutGroupError
-    from rollout.weight_sync import WeightSyncTimeoutError
+    from rollout.weight_format import WeightSyncTimeoutError
 
     died = classify(rx.ActorDiedError())
     assert died is not None and died.kind == "died"
@@ -336,7 +332,8 @@ def _cfg(tmp_path: Path, **ft: object):  # noqa: ANN202 - a TrainConfig
 def test_recovery_restarts_resumes_from_the_newest_checkpoint_and_gives_up_with_a_code(tmp_path: Path) -> None:
     import ray.exceptions as rx
 
-    from cispo.fault_tolerance import EXIT_WORKER_FAILURE, RunStopped, iter_events, train_with_recovery
+    from cispo.driver.failures import EXIT_WORKER_FAILURE, RunStopped
+    from cispo.driver.supervisor import iter_events, train_with_recovery
 
     cfg = _cfg(tmp_path, max_restarts=2)
     seen: list[str] = []

@@ -1,4 +1,4 @@
-"""The real worker groups and the loop tests' stand-ins both have what the loop calls (cispo/handles.py)."""
+"""The real worker groups and the loop tests' stand-ins both have what the loop calls (cispo/driver/handles.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import inspect
 
 import pytest
 
-from cispo.handles import RolloutHandle, TrainerHandle
+from cispo.driver.handles import ChannelRollout, ChannelTrainer, RolloutHandle, TrainerHandle
 from cispo.trainer.group import TrainerGroup
 from rollout.group import RolloutGroup
 from tests.unit.test_loop_units import RecordingRollout, RecordingTrainer
@@ -37,7 +37,8 @@ def mismatches(cls: type, protocol: type) -> list[str]:
 
 
 @pytest.mark.parametrize("cls,protocol", [(RolloutGroup, RolloutHandle), (RecordingRollout, RolloutHandle),
-                                          (TrainerGroup, TrainerHandle), (RecordingTrainer, TrainerHandle)])
+                                          (TrainerGroup, TrainerHandle), (RecordingTrainer, TrainerHandle),
+                                          (TrainerGroup, ChannelTrainer), (RolloutGroup, ChannelRollout)])
 def test_implementations_and_stand_ins_match_the_protocol(cls, protocol):
     assert not mismatches(cls, protocol)
 
@@ -50,4 +51,4 @@ def test_the_check_catches_a_drifted_stand_in():
     problems = mismatches(Drifted, TrainerHandle)
     assert any("compute_log_probs" in p for p in problems)
     assert any("required extra parameter 'extra'" in p for p in problems)
-    assert any("weights_for is missing" in p for p in problems)
+    assert any("export_weights_ref is missing" in p for p in problems)

@@ -9,8 +9,11 @@ import numpy as np
 import torch
 
 from cispo.config import TrainConfig
-from cispo.loop import Group, train_on_groups
-from cispo.pipeline import PolicyVersions
+from cispo.driver.loop import Group, train_on_groups
+from cispo.driver.dynamic_sampling import KeepRateEstimate
+from cispo.driver.pipeline import PolicyVersions
+from cispo.driver.state import LoopState
+from cispo.driver.weights import ObjectStoreBroadcast
 from cispo.tracking import PhaseTimer
 from rewards import RewardResult
 from rollout.types import RolloutResult
@@ -31,9 +34,6 @@ class RecordingTrainer:
 
     def export_weights_ref(self):
         return ("weights-ref", 123)
-
-    def weights_for(self, rollout):
-        return self.export_weights_ref()  # the object-store channel, as TrainerGroup.weights_for picks it
 
     def save(self, directory):
         raise AssertionError("train_on_groups never saves")
@@ -78,8 +78,10 @@ def components(old_log_probs: str, mode: str = "sync") -> SimpleNamespace:
     cfg.algorithm.old_log_probs = old_log_probs
     cfg.trainer.mini_batch_size = 2
     cfg.rollout.mode = mode
-    return SimpleNamespace(cfg=cfg, pad_token_id=0, trainer=RecordingTrainer(), rollout=RecordingRollout(),
-                           versions=PolicyVersions(0), pending_weights=None)
+    trainer, rollout = RecordingTrainer(), RecordingRollout()
+    state = LoopState(0, 0.0, KeepRateEstimate(cfg.algorithm.keep_rate_memory), PolicyVersions(0))
+    return SimpleNamespace(cfg=cfg, pad_token_id=0, trainer=trainer, rollout=rollout, state=state,
+                           weights=ObjectStoreBroadcast(trainer, rollout))
 
 
 def group() -> Group:
@@ -114,13 +116,13 @@ def test_rollout_mode_uses_the_engine_log_probs_without_a_trainer_pass():
 def test_async_mode_queues_the_weights_and_waits_only_for_the_previous_update():
     c = components("rollout", mode="async")
     train_on_groups(c, [group()], PhaseTimer(), staleness=[1])
-    assert c.rollout.pushed == [("weights-ref", 123)] and c.rollout.finished == [] and c.versions.queued == 1
+    assert c.rollout.pushed == [("weights-ref", 123)] and c.rollout.finished == [] and c.state.versions.queued == 1
     assert c.trainer.batch.staleness.tolist() == [1, 1]  # one tag per row of the group
     train_on_groups(c, [group()], PhaseTimer(), staleness=[0])
-    assert c.rollout.finished == [1] and c.versions.queued == 2 and c.pending_weights == 2
+    assert c.rollout.finished == [1] and c.state.versions.queued == 2 and c.state.pending_weights == 2
 
 
 def test_sync_mode_counts_a_version_per_update():
     c = components("rollout")
     train_on_groups(c, [group()], PhaseTimer())
-    assert c.versions.queued == 1 and c.trainer.batch.staleness is None
+    assert c.state.versions.queued == 1 and c.trainer.batch.staleness is None

@@ -17,13 +17,13 @@ from rich.console import Console
 
 from cispo.tracking import (
     DISCARDED_FILENAME,
-    ConsoleColumns,
     METRICS_FILENAME,
     MetricsFileError,
     MetricsLogger,
     PhaseTimer,
     read_metrics,
 )
+from cispo.tracking.console import ConsoleColumns
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -197,7 +197,7 @@ def test_console_line_shows_step_reward_accuracy_and_phases(tmp_path: Path) -> N
 
 
 def test_step_line_fits_100_columns_with_two_or_three_significant_digits() -> None:
-    from cispo.console import format_step_line, seconds, significant
+    from cispo.tracking.console import format_step_line, seconds, significant
 
     record = {"reward/mean": 0.41666666, "eval/aime2024/avg@32": 0.0312499, "eval/aime2025/avg@32": 0.1234567,
               "time/generate": 15.43, "time/score": 0.004646, "time/old_log_probs": 2.012, "time/update": 9.81,

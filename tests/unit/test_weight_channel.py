@@ -19,7 +19,7 @@ from rollout.weight_channel import (
     plan_buckets,
     unpack_bucket,
 )
-from rollout.weight_sync import ExpectedWeights, WeightSyncError
+from rollout.weight_format import ExpectedWeights, WeightSyncError
 
 
 def spec_of(name: str, t: torch.Tensor) -> TensorSpec:

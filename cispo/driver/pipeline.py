@@ -48,10 +48,12 @@ class PolicyVersions:
             version = self.queued
         return rollout.collect(pending), version
 
-    def push(self, rollout: Any, weights: Any) -> Any:
-        """Queue the next version's weights; returns the pending update (``rollout.finish_weights``)."""
+    def push(self, queue_weights: Callable[[], Any]) -> Any:
+        """Queue the next version's weights (``queue_weights()``, e.g. `WeightBroadcast.queue`, called
+        under the lock so no generation is sent between it and the version count); returns what it
+        returned (the pending update)."""
         with self._cond:
-            pending = rollout.submit_weights(weights)
+            pending = queue_weights()
             self.queued += 1
             self._cond.notify_all()
         return pending

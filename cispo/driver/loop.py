@@ -1,7 +1,7 @@
 """The RL loop: rollout -> rewards -> dynamic sampling -> advantages -> update -> weight sync ->
-eval -> checkpoint. What it drives is built in :mod:`cispo.components`; this file is the algorithm,
+eval -> checkpoint. What it drives is built in :mod:`cispo.driver.components`; this file is the algorithm,
 readable top to bottom. With ``rollout.mode=async`` the rollout half runs ahead in a producer thread
-(:mod:`cispo.pipeline`) and the trainer takes its batches, at most ``algorithm.max_staleness``
+(:mod:`cispo.driver.pipeline`) and the trainer takes its batches, at most ``algorithm.max_staleness``
 policy versions old."""
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from pathlib import Path
 import torch
 
 from cispo.algorithms import compute_advantages
-from cispo.batching import build_train_batch
+from cispo.driver.batching import build_train_batch
 from cispo.checkpoint import GracefulStop
-from cispo.components import Components, build_components
+from cispo.driver.components import Components, build_components
 from cispo.config import TrainConfig
-from cispo.dynamic_sampling import GroupCollector, round_size
-from cispo.pipeline import RolloutProducer, split_by_staleness, staleness_metrics
-from cispo.scoring import score_rollouts
-from cispo.step_metrics import eval_metrics, rollout_metrics
+from cispo.driver.dynamic_sampling import GroupCollector, round_size
+from cispo.driver.pipeline import RolloutProducer, split_by_staleness, staleness_metrics
+from cispo.evaluation.scoring import score_rollouts
+from cispo.driver.step_metrics import eval_metrics, rollout_metrics
 from cispo.tracking import PhaseTimer
 from rewards import RewardResult
 from rollout.types import RolloutResult
@@ -53,7 +53,7 @@ def generate_groups(c: Components, step: int, round_index: int, num_prompts: int
     rows = [c.sampler.items[i] for i in indices]
     sampling = c.train_sampling(sampling_seed(c.cfg.seed, step, round_index))
     with timer.phase("generate"):
-        results, version = c.versions.generate(c.rollout, c.encode(rows), sampling)
+        results, version = c.state.versions.generate(c.rollout, c.encode(rows), sampling)
     n = sampling.n
     with timer.phase("score"):
         rewards, verdicts = score_rollouts([row for row in rows for _ in range(n)], results, c.cfg.reward)
@@ -81,20 +81,20 @@ def collect_groups(c: Components, step: int, timer: PhaseTimer) -> tuple[list[Gr
     cfg, alg = c.cfg, c.cfg.algorithm
     collector: GroupCollector[Group] = GroupCollector(cfg.prompts_per_step, alg.dynamic_sampling)
     cap = math.ceil(alg.max_round_factor * cfg.prompts_per_step)
-    estimate_at_start = c.keep_rate.rate
+    estimate_at_start = c.state.keep_rate.rate
     generated: list[Group] = []
     generate_before = timer.seconds.get("generate", 0.0)
     for round_index in range(alg.max_gen_rounds):
         wanted = round_size(round_index, collector.missing, cfg.prompts_per_step, sizing=alg.refill_sizing,
-                            estimate=c.keep_rate, oversample=alg.oversample, z=alg.refill_z, cap=cap)
+                            estimate=c.state.keep_rate, oversample=alg.oversample, z=alg.refill_z, cap=cap)
         groups = generate_groups(c, step, round_index, wanted, timer)
         generated += groups
         informative_before = collector.informative
         collector.add(groups, [g.rewards for g in groups])
-        c.keep_rate.observe(len(groups), collector.informative - informative_before)
+        c.state.keep_rate.observe(len(groups), collector.informative - informative_before)
         if collector.full:
             break
-    c.keep_rate.end_step()
+    c.state.keep_rate.end_step()
     if collector.missing:
         log.warning("step %d: %d/%d groups with reward variance after %d rounds; training on those",
                     step, len(collector.kept), cfg.prompts_per_step, collector.rounds)
@@ -126,7 +126,7 @@ def train_on_groups(c: Components, groups: list[Group], timer: PhaseTimer,
     if usable == 0:
         log.warning("%d responses < trainer.mini_batch_size=%d: no update this step", len(results),
                     c.cfg.trainer.mini_batch_size)
-        c.versions.advance()  # the next version has the same weights
+        c.state.versions.advance()  # the next version has the same weights
         return {"actor/update_skipped": 1.0}
     batch = build_train_batch(results[:usable], advantages[:usable], pad_token_id=c.pad_token_id,
                               mask_truncated=c.cfg.reward.overlong_filtering)
@@ -146,16 +146,16 @@ def train_on_groups(c: Components, groups: list[Group], timer: PhaseTimer,
 
 
 def publish_weights(c: Components) -> None:
-    """Synchronous: load the new weights into the engines and wait (object store or streamed,
-    ``rollout.group.weight_sync``). Asynchronous: queue them behind the generations already sent
+    """Synchronous: load the new weights into the engines and wait (``c.weights``, the channel
+    ``rollout.group.weight_sync`` chose). Asynchronous: queue them behind the generations already sent
     and go on (at most one update in flight)."""
     if c.cfg.rollout.mode == "async":
-        if c.pending_weights is not None:
-            c.rollout.finish_weights(c.pending_weights)
-        c.pending_weights = c.versions.push(c.rollout, c.trainer.weights_for(c.rollout))
+        if c.state.pending_weights is not None:
+            c.weights.finish(c.state.pending_weights)
+        c.state.pending_weights = c.state.versions.push(c.weights.queue)
     else:
-        c.rollout.update_weights(c.trainer.weights_for(c.rollout))
-        c.versions.advance()
+        c.weights.load()
+        c.state.versions.advance()
 
 
 class SyncBatches:
@@ -178,7 +178,7 @@ class AsyncBatches:
     def __init__(self, c: Components) -> None:
         self.c, self.k = c, c.cfg.algorithm.max_staleness
         self.producer: RolloutProducer[Group] = RolloutProducer(
-            self._produce, c.data_state, c.versions, first=c.start_step + 1, last=c.cfg.total_steps,
+            self._produce, c.data_state, c.state.versions, first=c.state.start_step + 1, last=c.cfg.total_steps,
             max_staleness=self.k).start()
 
     def _produce(self, step: int) -> tuple[list[Group], dict[str, float]]:
@@ -211,7 +211,7 @@ def run_eval(c: Components) -> dict[str, float]:
 
 def train(cfg: TrainConfig, on_built: Callable[[Components], None] | None = None) -> Path:
     """Runs (or resumes) a training job; returns the run folder. ``on_built`` sees the components
-    before the first step (`cispo.fault_tolerance` uses it)."""
+    before the first step (`cispo.driver.supervisor` uses it)."""
     c = build_components(cfg)
     with c, GracefulStop() as stop:
         if on_built is not None:
@@ -222,21 +222,21 @@ def train(cfg: TrainConfig, on_built: Callable[[Components], None] | None = None
 
 def run_steps(c: Components, stop: GracefulStop) -> None:
     cfg = c.cfg
-    progress = c.logger.start_progress(c.start_step)
-    if c.start_step == 0 and cfg.eval.at_start:
+    progress = c.logger.start_progress(c.state.start_step)
+    if c.state.start_step == 0 and cfg.eval.at_start:
         c.logger.log(0, run_eval(c))
     batches = AsyncBatches(c) if cfg.rollout.mode == "async" else SyncBatches(c)
     try:
-        for step in range(c.start_step + 1, cfg.total_steps + 1):
+        for step in range(c.state.start_step + 1, cfg.total_steps + 1):
             show_phase = (lambda name, step=step: progress.phase(step, name)) if progress else None
-            timer = PhaseTimer(elapsed=c.elapsed, on_phase=show_phase)
+            timer = PhaseTimer(elapsed=c.state.elapsed, on_phase=show_phase)
             timer.start_step()
             groups, staleness, metrics, data_state = batches.take(step, timer)
             c.batch_log.write(step, groups, staleness)
             if groups:
                 metrics |= train_on_groups(c, groups, timer, staleness)
             else:
-                c.versions.advance()
+                c.state.versions.advance()
             last = step == cfg.total_steps
             if (cfg.eval.every and step % cfg.eval.every == 0) or last:
                 with timer.phase("eval"):
@@ -248,7 +248,7 @@ def run_steps(c: Components, stop: GracefulStop) -> None:
                 with timer.phase("checkpoint"):
                     c.save(step, metrics, data_state)
             metrics |= timer.end_step()
-            c.elapsed = metrics["time/total_elapsed"]
+            c.state.elapsed = metrics["time/total_elapsed"]
             c.logger.log(step, metrics)
             if stopping:
                 log.warning("stopping after step %d on %s (checkpoint saved)", step, stop.signal_name)

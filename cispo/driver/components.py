@@ -1,5 +1,6 @@
-"""Everything one training run holds: run folder, Ray, rollout and trainer workers, data, sampler,
-logger, checkpoints; and how they are saved and restored together."""
+"""The built parts of one training run: run folder, Ray, rollout and trainer workers, the weight
+broadcast between them, data, sampler, logger, checkpoints; and how they and the loop's state
+(`cispo.driver.state.LoopState`) are saved and restored together."""
 
 from __future__ import annotations
 
@@ -13,21 +14,21 @@ from typing import Any
 
 import yaml
 
-from cispo.batch_log import BatchLog
+from cispo.driver.batch_log import BatchLog
 from cispo.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state, write_text_atomic
 from cispo.config import TrainConfig, to_dict
-from cispo.console import LOG_LEVELS
+from cispo.tracking.console import LOG_LEVELS
 from cispo.data import PromptRow, PromptSampler, encode_prompts, load_data
 from cispo.data.loading import LoadedData
-from cispo.dynamic_sampling import KeepRateEstimate
 from cispo.evaluation.metrics import EvalMetrics
 from cispo.evaluation.runner import evaluate_dataset
-from cispo.fault_tolerance import checkpoint_write_guard
-from cispo.handles import RolloutHandle, TrainerHandle
-from cispo.pipeline import PolicyVersions
-from cispo.placement import bundle, release, reserve
+from cispo.driver.checkpoint_guard import checkpoint_write_guard
+from cispo.driver.handles import RolloutHandle, TrainerHandle
+from cispo.driver.placement import bundle, release, reserve
+from cispo.driver.state import LoopState
 from cispo.tracking import MetricsLogger
-from cispo.warmstart import warm_start
+from cispo.driver.warmstart import warm_start
+from cispo.driver.weights import WeightBroadcast, make_broadcast
 from rollout.config import SamplingConfig
 from rollout.process_output import LOG_DIR_ENV
 
@@ -126,8 +127,6 @@ def start_workers(cfg: TrainConfig, model_path: Path) -> tuple[TrainerHandle, Ro
     group_cfg = cfg.rollout.group if cfg.rollout.group.generate_timeout_s is not None else \
         dataclasses.replace(cfg.rollout.group, generate_timeout_s=ft.call_timeout_s)  # a hang is a failure
     rollout = RolloutGroup(engine_cfg, group_cfg, placement_group=placement_groups["rollout"])
-    if group_cfg.weight_sync == "collective":  # form the channel now: a wiring problem fails at start-up
-        trainer.connect_weight_channel(rollout)
     return trainer, rollout, placement_groups
 
 
@@ -139,10 +138,13 @@ def open_logger(cfg: TrainConfig, run_dir: Path, resume_step: int | None) -> Met
 
 class Components:
     """Everything the loop drives, built in order: run folder, data, policy, Ray and the workers, the
-    resumed state, the metrics logger."""
+    weight broadcast, the resumed state, the metrics logger. What the loop changes as it runs is in
+    ``self.state``."""
 
     trainer: TrainerHandle
     rollout: RolloutHandle
+    weights: WeightBroadcast
+    state: LoopState
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
@@ -157,20 +159,18 @@ class Components:
                                                               shuffle=cfg.data.shuffle)
         self.owns_ray = init_ray(cfg)
         self.trainer, self.rollout, self.placement_groups = start_workers(cfg, self.model_path)
-        self.start_step, self.elapsed = 0, 0.0
-        # Dynamic sampling sizes its rounds from this; it is checkpointed so a resumed run draws the same.
-        self.keep_rate = KeepRateEstimate(cfg.algorithm.keep_rate_memory)
+        self.weights = make_broadcast(cfg.rollout.group.weight_sync, self.trainer, self.rollout)
+        self.weights.connect()  # a wiring problem fails at start-up, not at the first sync
+        self.state = LoopState.fresh(cfg.algorithm.keep_rate_memory)
         if folder.state is not None:
             self._restore(folder.state)
-        # Policy versions queued to the engines (= updates so far); the asynchronous loop tags groups with them.
-        self.versions = PolicyVersions(self.start_step)
-        self.pending_weights: Any = None
-        self.logger = open_logger(cfg, self.run_dir, self.start_step if folder.state is not None else None)
-        self.batch_log = BatchLog(self.run_dir, self.start_step if folder.state is not None else None)
+        start = self.state.start_step if folder.state is not None else None
+        self.logger = open_logger(cfg, self.run_dir, start)
+        self.batch_log = BatchLog(self.run_dir, start)
         if folder.state is not None and folder.state.get("metrics") and \
-                (self.logger.last_record or {}).get("step", -1) < self.start_step:
+                (self.logger.last_record or {}).get("step", -1) < self.state.start_step:
             # Crash between the checkpoint and its metrics line: the checkpoint carries the line.
-            self.logger.log(self.start_step, folder.state["metrics"])
+            self.logger.log(self.state.start_step, folder.state["metrics"])
 
     # ---- the pieces the loop calls ----------------------------------------------------------------
     def encode(self, rows: list[PromptRow]) -> list[list[int]]:
@@ -190,7 +190,7 @@ class Components:
     def data_state(self) -> dict[str, Any]:
         """Where the data stream stands: sampler position (with retired prompts) and keep-rate estimate."""
         return {"sampler": self.sampler.state_dict(), "consumed_prompts": self.sampler.consumed,
-                "keep_rate": self.keep_rate.state_dict()}
+                "keep_rate": self.state.keep_rate.state_dict()}
 
     def save(self, step: int, metrics: dict[str, Any] | None = None,
              data_state: dict[str, Any] | None = None) -> Path | None:
@@ -200,7 +200,7 @@ class Components:
         guard = checkpoint_write_guard(self.cfg.fault_tolerance, step, self.logger.constant_metrics)
         with guard, self.checkpoints.writing(step) as tmp:
             self.trainer.save(tmp / TRAINER_DIR)
-            state = {"step": step, "elapsed": self.elapsed, **(data_state or self.data_state()),
+            state = {"step": step, "elapsed": self.state.elapsed, **(data_state or self.data_state()),
                      "rng": capture_rng_state(), "metrics": metrics or {}}
             (tmp / STATE_FILE).write_text(json.dumps(state))
             (tmp / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
@@ -210,12 +210,10 @@ class Components:
         assert self.resume_from is not None
         log.info("resuming from %s (step %d)", self.resume_from, state["step"])
         self.trainer.load(self.resume_from / TRAINER_DIR)
-        self.rollout.update_weights(self.trainer.weights_for(self.rollout))
+        self.weights.load()
         self.sampler.load_state_dict(state["sampler"])
         restore_rng_state(state["rng"])
-        if "keep_rate" in state:  # checkpoints written before keep-rate sizing start from no observation
-            self.keep_rate.load_state_dict(state["keep_rate"])
-        self.start_step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        self.state = LoopState.resumed(state, self.cfg.algorithm.keep_rate_memory)
 
     # ---- lifetime ---------------------------------------------------------------------------------
     def __enter__(self) -> "Components":

@@ -13,40 +13,17 @@ import json
 import logging
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cispo.data import PromptConfig, PromptRow, encode_prompts
+from cispo.config.data import PromptConfig
+from cispo.config.sections import ANSWER_PLACEHOLDER, WarmStartConfig
+from cispo.data import PromptRow, encode_prompts
 
 log = logging.getLogger(__name__)
-ANSWER_PLACEHOLDER = "{answer}"
-
-
-@dataclass
-class WarmStartConfig:
-    steps: int = 0
-    """Optimizer steps of supervised training; 0 = no warm start."""
-    batch_size: int = 32
-    """Rows per supervised step."""
-    lr: float = 3e-3
-    """AdamW learning rate of the warm start (the tiny model needs a large one; SmolLM2 uses 5e-5)."""
-    response: str = "\\boxed{{answer}}"
-    """The target response; ``{answer}`` is replaced by the row's ground truth."""
-    seed: int = 0
-    """Order of the warm-start rows; the result is cached by model, data and these settings."""
-
-    def __post_init__(self) -> None:
-        if self.steps < 0:
-            raise ValueError(f"model.warmstart.steps={self.steps}: expected >= 0")
-        if self.batch_size < 1:
-            raise ValueError(f"model.warmstart.batch_size={self.batch_size}: expected >= 1")
-        if not self.lr > 0:
-            raise ValueError(f"model.warmstart.lr={self.lr}: expected > 0")
-        if self.response.count(ANSWER_PLACEHOLDER) != 1:
-            raise ValueError(f"model.warmstart.response={self.response!r}: must contain {ANSWER_PLACEHOLDER} once")
 
 
 def _cache_key(model_path: Path, cfg: WarmStartConfig, rows: list[PromptRow], prompt_cfg: PromptConfig) -> str:

@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from cispo.data import DataConfig
-from cispo.fault_tolerance import FaultToleranceConfig
-from cispo.run_config import (
+from cispo.config.data import DataConfig
+from cispo.config.fault_tolerance import FaultToleranceConfig
+from cispo.config.sections import (
     AlgorithmConfig,
     CheckpointConfig,
     EvalConfig,
@@ -18,8 +18,8 @@ from cispo.run_config import (
     ModelConfig,
     RayConfig,
 )
-from cispo.schema import ConfigError, from_mapping, to_dict
-from cispo.trainer.config import TrainerConfig
+from cispo.config.schema import ConfigError, from_mapping, to_dict
+from cispo.config.trainer import TrainerConfig
 from rewards import RewardConfig
 from rollout.config import EngineConfig, GroupConfig, SamplingConfig
 

@@ -30,7 +30,7 @@ class RolloutHandle(Protocol):
         """Wait for a submitted generation."""
 
     def update_weights(self, weights: Any) -> Any:
-        """Load new policy weights into every engine (what :meth:`TrainerHandle.weights_for` returns)."""
+        """Load new policy weights into every engine and wait (what a `WeightBroadcast` hands over)."""
 
     def submit_weights(self, weights: Any) -> Any:
         """Queue an update behind the generations already sent and return at once (object store only)."""
@@ -48,11 +48,35 @@ class TrainerHandle(Protocol):
     def update(self, batch: TrainBatch) -> dict[str, float]:
         """The optimizer steps of one rollout batch; metric names are final (``actor/...``)."""
 
-    def weights_for(self, rollout: Any) -> Any:
-        """The new weights in the form the rollout group's weight channel takes."""
+    def export_weights_ref(self) -> tuple[Any, int]:
+        """Rank 0's weights in the object store (a reference and its size in bytes)."""
 
     def save(self, directory: str | os.PathLike) -> None: ...
 
     def load(self, directory: str | os.PathLike) -> None: ...
 
     def shutdown(self) -> None: ...
+
+
+class ChannelTrainer(TrainerHandle, Protocol):
+    """The trainer's side of the collective weight channel (`cispo.driver.weights.CollectiveBroadcast`)."""
+
+    def weight_channel_address(self) -> tuple[str, int]:
+        """Host and free port where rank 0 will host the channel."""
+
+    def open_weight_channel(self, spec: Any) -> Any:
+        """Rank 0 joins the channel as its sender; the pending call."""
+
+    def send_weights(self) -> tuple[Any, ...]:
+        """Start one streamed sync on every rank; the pending calls."""
+
+
+class ChannelRollout(RolloutHandle, Protocol):
+    """The engines' side of the collective weight channel."""
+
+    channel: Any
+    """The open channel's spec, or None (never formed, or closed by a failed sync)."""
+
+    def connect_weight_channel(self, host: str, port: int, open_sender: Any, weights_source: Any = None) -> Any:
+        """Form the channel with the trainer's sender and every engine worker."""
+

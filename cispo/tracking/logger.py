@@ -1,5 +1,4 @@
-"""Metrics of a run: one JSONL line per step (the source of truth), wandb, a rich console line, and a
-per-phase timer.
+"""The metrics logger: one JSONL line per step (the source of truth), wandb, a rich console line.
 
 `run_dir/metrics.jsonl` holds one JSON object per training step: ``{"step": N, "<key>": value, ...}``
 with plain ints / floats (NaN and Infinity written as Python's json does) / strings / null. Every
@@ -8,234 +7,36 @@ line is fsynced before `log()` returns, so a crash loses at most the line being 
 error) is cut back and raises `MetricsWriteError`, so the file never holds half a line. On resume from the checkpoint of
 step N, lines with step > N are moved to `metrics.discarded.jsonl` (never deleted), so that the file
 of a resumed run equals that of a run that never stopped. The metric key names the comparison
-reads are listed at the top of `cispo/compare.py`.
+reads are listed at the top of `cispo/cli/compare.py`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import gzip
 import json
 import logging
 import os
 import secrets
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from cispo.checkpoint.atomic import write_bytes_atomic
-from cispo.console import TIME_PREFIX, ConsoleColumns, RunProgress, format_step_line
+from cispo.tracking.console import ConsoleColumns, RunProgress, format_step_line
+from cispo.tracking.metrics_file import METRICS_FILENAME, STEP_KEY, parse_metrics, flatten_metrics
 
 log = logging.getLogger(__name__)
 
-METRICS_FILENAME = "metrics.jsonl"
-ARCHIVED_METRICS_FILENAME = METRICS_FILENAME + ".gz"  # a finished run's metrics, gzip-compressed to be kept
 DISCARDED_FILENAME = "metrics.discarded.jsonl"
 WANDB_ID_FILENAME = "wandb_run_id"
 WANDB_MODES = ("offline", "online", "disabled")
 WANDB_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"  # wandb run ids: lowercase alphanumerics
 WANDB_ID_LENGTH = 8
-STEP_KEY = "step"
-STEP_TIME_KEY = "time/step"
-ELAPSED_KEY = "time/total_elapsed"
-OTHER_PHASE = "other"
-
-
-class MetricsFileError(ValueError):
-    """A metrics file cannot be read: the message names the file and the line."""
 
 
 class MetricsWriteError(OSError):
     """A metrics line could not be written (disk full, I/O error). The file was cut back to its last
     complete line, so nothing half-written stays; the step's line is written again when the step is
     redone after a resume (or restored from the checkpoint that holds it)."""
-
-
-# ---------------------------------------------------------------------------------------------------
-# Reading
-# ---------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Parsed:
-    records: list[dict[str, Any]]
-    raw: list[bytes]  # the raw line of each record, without its newline
-    truncated_tail: bytes | None  # an unparseable last line (a crash mid-write), if any
-
-
-def _parse_line(raw: bytes, path: Path, lineno: int) -> dict[str, Any]:
-    try:
-        record = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MetricsFileError(f"{path}: line {lineno}: not valid JSON ({exc})") from exc
-    step = record.get(STEP_KEY) if isinstance(record, dict) else None
-    if isinstance(step, bool) or not isinstance(step, int):
-        raise MetricsFileError(
-            f"{path}: line {lineno}: expected a JSON object with an integer {STEP_KEY!r}, "
-            f"got {raw[:80]!r}"
-        )
-    return record
-
-
-def _parse_metrics(path: Path) -> _Parsed:
-    data = path.read_bytes()
-    if path.name.endswith(".gz"):
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as exc:
-            raise MetricsFileError(f"{path}: not a readable gzip file ({exc})") from exc
-    lines = data.split(b"\n")
-    last = lines.pop()  # b"" when the file ends with a newline (always, unless a write was cut)
-    parsed = _Parsed([], [], None)
-    for lineno, raw in enumerate(lines, start=1):
-        parsed.records.append(_parse_line(raw, path, lineno))
-        parsed.raw.append(raw)
-    if last:
-        try:
-            parsed.records.append(_parse_line(last, path, len(lines) + 1))
-            parsed.raw.append(last)
-        except MetricsFileError as exc:
-            log.warning("ignoring truncated last line of %s (line %d): %s", path, len(lines) + 1, exc)
-            parsed.truncated_tail = last
-    return parsed
-
-
-def metrics_file(run_dir: Path) -> Path | None:
-    """The run's `metrics.jsonl`, else its archived `metrics.jsonl.gz`, else None (not a run folder)."""
-    for name in (METRICS_FILENAME, ARCHIVED_METRICS_FILENAME):
-        if (run_dir / name).is_file():
-            return run_dir / name
-    return None
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a metrics file (or of `run_dir/metrics.jsonl`, else `run_dir/metrics.jsonl.gz`, when
-    given a folder), in file order. A `.gz` file is read decompressed.
-
-    A corrupt line raises MetricsFileError naming the file and line; a truncated last line (the
-    write a crash interrupted) is logged and ignored.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = metrics_file(path) or path / METRICS_FILENAME
-    if not path.is_file():
-        raise FileNotFoundError(f"metrics file {path} does not exist")
-    return _parse_metrics(path).records
-
-
-# ---------------------------------------------------------------------------------------------------
-# Values
-# ---------------------------------------------------------------------------------------------------
-
-
-def to_plain(key: str, value: Any) -> int | float | str | None:
-    """A JSON-ready scalar from a python / numpy / torch scalar (bools become 0/1)."""
-    if value is None or isinstance(value, str):
-        return value
-    if hasattr(value, "item") and not isinstance(value, (int, float)):
-        try:
-            value = value.item()  # numpy scalars and arrays, torch tensors: one element only
-        except (ValueError, RuntimeError) as exc:
-            shape = tuple(getattr(value, "shape", ()))
-            raise ValueError(f"metric {key!r}: expected a scalar, got shape {shape}") from exc
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return float(value)
-    raise ValueError(
-        f"metric {key!r}: expected a number, string or None, got {type(value).__name__}: {value!r}"
-    )
-
-
-def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts become '/'-joined keys ({"eval": {"aime": 0.3}} -> {"eval/aime": 0.3})."""
-    flat: dict[str, Any] = {}
-    for key, value in metrics.items():
-        if not isinstance(key, str) or not key:
-            raise ValueError(f"metric keys must be non-empty strings, got {key!r}")
-        full = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_metrics(value, prefix=f"{full}/"))
-        else:
-            flat[full] = to_plain(full, value)
-    return flat
-
-
-# ---------------------------------------------------------------------------------------------------
-# Phase timer
-# ---------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PhaseTimer:
-    """Seconds per phase of a step, plus the step's wall time and the run's total.
-
-    ``timer.start_step(); with timer.phase("generate"): ...; metrics |= timer.end_step()`` gives
-    ``time/generate``, ``time/other`` (step time not inside any phase), ``time/step`` and
-    ``time/total_elapsed`` (`elapsed` restored from the checkpoint + every step since). A phase
-    entered twice in one step adds up. Phases do not nest (the per-phase times then sum to the step).
-    """
-
-    elapsed: float = 0.0
-    clock: Callable[[], float] = time.perf_counter
-    on_phase: Callable[[str], None] | None = None
-    """Called with the phase's name as it starts (the live progress display shows it)."""
-    seconds: dict[str, float] = field(default_factory=dict)
-    _step_start: float | None = None
-    _active: str | None = None
-
-    def start_step(self) -> None:
-        self.seconds = {}
-        self._step_start = self.clock()
-
-    @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        if not name or "/" in name or name in (OTHER_PHASE, "step", "total_elapsed"):
-            raise ValueError(
-                f"phase name must be non-empty, without '/', and not one of "
-                f"{OTHER_PHASE!r}, 'step', 'total_elapsed'; got {name!r}"
-            )
-        if self._active is not None:
-            raise RuntimeError(f"phase {name!r} started inside phase {self._active!r}: phases do not nest")
-        if self._step_start is None:
-            self.start_step()
-        self._active = name
-        if self.on_phase is not None:
-            self.on_phase(name)
-        start = self.clock()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + (self.clock() - start)
-            self._active = None
-
-    def end_step(self) -> dict[str, float]:
-        if self._step_start is None:
-            raise RuntimeError("end_step() called without start_step() (or any phase)")
-        if self._active is not None:
-            raise RuntimeError(f"end_step() called inside phase {self._active!r}")
-        step_seconds = self.clock() - self._step_start
-        self._step_start = None
-        self.elapsed += step_seconds
-        out = {f"{TIME_PREFIX}{name}": secs for name, secs in self.seconds.items()}
-        out[f"{TIME_PREFIX}{OTHER_PHASE}"] = max(0.0, step_seconds - sum(self.seconds.values()))
-        out[STEP_TIME_KEY] = step_seconds
-        out[ELAPSED_KEY] = self.elapsed
-        return out
-
-
-# ---------------------------------------------------------------------------------------------------
-# Console
-# ---------------------------------------------------------------------------------------------------
-
-
-# ---------------------------------------------------------------------------------------------------
-# The logger
-# ---------------------------------------------------------------------------------------------------
 
 
 class MetricsLogger:
@@ -301,7 +102,7 @@ class MetricsLogger:
         """Drop the lines the resumed run will write again; return the last line kept."""
         if not self.path.exists():
             return None
-        parsed = _parse_metrics(self.path)
+        parsed = parse_metrics(self.path)
         keep = [resume_step is not None and r[STEP_KEY] <= resume_step for r in parsed.records]
         dropped = [raw for raw, k in zip(parsed.raw, keep) if not k]
         if parsed.truncated_tail is not None:
