@@ -1,6 +1,7 @@
 """Dataclass configs of the rollout engine, its sampling and the Ray group (mirrored in Hydra YAML).
 
-Every default lives here; `validate()` turns a bad value into a ValueError naming the field.
+Every default lives here; `validate()`, run on construction, turns a bad value into a ValueError naming
+the field (the style of every schema of the project).
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ class EngineConfig:
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.5
     weight_update_timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         if not self.model:
@@ -125,6 +129,9 @@ class SamplingConfig:
     repetition_window: int = 0
     repetition_prob: float = 0.99
     skip_special_tokens: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         if self.n < 1:
@@ -195,6 +202,9 @@ class GroupConfig:
     weight_channel_timeout_s: float = 300.0
     """Seconds for the collective channel to form, and for each of its collectives: a member that is
     gone or stuck raises an error after this long instead of hanging the run."""
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         if self.weight_sync not in WEIGHT_SYNC:

@@ -1,13 +1,15 @@
 """Typed configuration of the data layer (mirrored by the Hydra YAML in `configs/data/`).
 
-Every dataclass validates itself in `__post_init__`, so a bad value fails at start-up with the key,
-the value and what is allowed, never in the middle of a run.
+Every dataclass validates itself on construction (`cispo.config.schema.Schema`), so a bad value fails
+at start-up with the key, the value and what is allowed, never in the middle of a run.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal, get_args
+
+from cispo.config.schema import Schema
 
 M1_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 """MiniMax-M1's system prompt for math (arXiv 2506.13585, evaluation protocol)."""
@@ -40,14 +42,14 @@ def _check_choice(key: str, value: object, allowed: tuple[str, ...]) -> None:
 
 
 @dataclass
-class ColumnMap:
+class ColumnMap(Schema):
     """Column names for a user's own file (the `generic` source). `id=None` numbers the rows."""
 
     prompt: str | None = None
     ground_truth: str | None = None
     id: str | None = None
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         for key in ("prompt", "ground_truth", "id"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, str) or not value):
@@ -59,7 +61,7 @@ class ColumnMap:
 
 
 @dataclass
-class ArithmeticConfig:
+class ArithmeticConfig(Schema):
     """The synthetic multi-digit arithmetic task (CPU runs). Deterministic from `seed`.
 
     Held-out problems are drawn first and training problems after them, all distinct, so the two
@@ -79,7 +81,7 @@ class ArithmeticConfig:
     max_draws_per_problem: int = 200
     """Rejection-sampling budget (draws per wanted problem) before giving up with an error."""
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         for key in ("num_train", "num_heldout"):
             value = getattr(self, key)
             if not isinstance(value, int) or value < 0:
@@ -112,7 +114,7 @@ class ArithmeticConfig:
 
 
 @dataclass
-class DatasetSpec:
+class DatasetSpec(Schema):
     """One prompt dataset: a local file (or the synthetic task) and how to read it.
 
     `source` picks the per-source mapping (`aime`, `math500`, `math`, `amc`, `gsm8k`, `deepmath`,
@@ -150,7 +152,7 @@ class DatasetSpec:
     cache_dir: str | None = None
     """HF `datasets` cache folder; `None` = its default (`~/.cache/huggingface/datasets`)."""
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if self.source == "arithmetic":
             if self.path is not None or self.hub is not None:
                 raise ValueError(f"path={self.path!r}: the arithmetic source is synthetic and takes no path")
@@ -187,7 +189,7 @@ class DatasetSpec:
 
 
 @dataclass
-class PromptConfig:
+class PromptConfig(Schema):
     """How a row becomes the model's input: system prompt + instruction, through the chat template."""
 
     system_prompt: str | None = M1_SYSTEM_PROMPT
@@ -198,7 +200,7 @@ class PromptConfig:
     """False = plain text (`system + separator + user`) for base models without a chat template."""
     plain_separator: str = "\n\n"
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         for key in ("system_prompt", "code_system_prompt"):
             value = getattr(self, key)
             if value is not None and not isinstance(value, str):
@@ -216,7 +218,7 @@ def _default_eval() -> dict[str, DatasetSpec]:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Schema):
     """Training mixture (concatenated in order), named eval sets, prompt rendering and the sampler seed."""
 
     train: list[DatasetSpec] = field(default_factory=_default_train)
@@ -229,7 +231,7 @@ class DataConfig:
     shuffle: bool = True
     """Reshuffle the training rows every epoch (seeded by ``data.seed``); false keeps file order."""
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if not self.train:
             raise ValueError("data.train: expected at least one dataset")
         if not isinstance(self.seed, int) or self.seed < 0:

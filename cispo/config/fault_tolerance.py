@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cispo.config.schema import Schema
+
 ON_CHECKPOINT_ERROR = ("skip", "stop")
 
 
 @dataclass
-class FaultToleranceConfig:
+class FaultToleranceConfig(Schema):
     max_restarts: int = 3
     """In-run restarts after a worker dies or hangs (tear down, rebuild, restore the latest checkpoint,
     continue); 0 stops at the first failure. As Ray Train's ``FailureConfig.max_failures`` and
@@ -26,7 +28,7 @@ class FaultToleranceConfig:
     """Seconds a launch waits for the run folder's live owner (and then for the workers a killed
     owner left) before refusing (exit code 5)."""
 
-    def validate(self) -> "FaultToleranceConfig":
+    def validate(self) -> None:
         if isinstance(self.max_restarts, bool) or not isinstance(self.max_restarts, int) or self.max_restarts < 0:
             raise ValueError(f"fault_tolerance.max_restarts={self.max_restarts!r}: expected an int >= 0")
         for key in ("call_timeout_s", "lock_wait_s"):
@@ -36,7 +38,3 @@ class FaultToleranceConfig:
         if self.on_checkpoint_error not in ON_CHECKPOINT_ERROR:
             raise ValueError(f"fault_tolerance.on_checkpoint_error={self.on_checkpoint_error!r}: expected one of "
                              f"{ON_CHECKPOINT_ERROR}")
-        return self
-
-    def __post_init__(self) -> None:
-        self.validate()

@@ -3,7 +3,6 @@ at start-up, so a wrong key or value fails before Ray, vLLM or DeepSpeed start."
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -18,14 +17,14 @@ from cispo.config.sections import (
     ModelConfig,
     RayConfig,
 )
-from cispo.config.schema import ConfigError, from_mapping, to_dict
+from cispo.config.schema import ConfigError, Schema, from_mapping, to_dict
 from cispo.config.trainer import TrainerConfig
 from rewards import RewardConfig
 from rollout.config import EngineConfig, GroupConfig, SamplingConfig
 
 
 @dataclass
-class RolloutConfig:
+class RolloutConfig(Schema):
     mode: Literal["sync", "async"] = "sync"
     """``sync``: generate -> update -> sync, one after the other. ``async``: a producer keeps generating
     the next steps' batches with the weights the engines have while the trainer updates, up to
@@ -47,7 +46,7 @@ length in optimizer steps, the engine's model and seeds); a config that sets one
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Schema):
     name: str = "${algorithm.name}_s${seed}"
     """Label of the run (Hydra interpolation: the algorithm and the seed)."""
     run_dir: str = "runs/${now:%Y-%m-%d_%H-%M-%S}_${name}"
@@ -76,35 +75,80 @@ class TrainConfig:
     def batch_size(self) -> int:
         return self.prompts_per_step * self.group_size
 
+    def validate(self) -> None:
+        for key in ("total_steps", "prompts_per_step", "group_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}={getattr(self, key)}: expected an integer >= 1")
+
+
+def _at(data: Mapping[str, Any], dotted: str) -> Any:
+    """The value at ``a.b.c`` in a nested mapping, or `_MISSING`."""
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+_MISSING = object()
+
+
+def _count_at(data: Mapping[str, Any], dotted: str, default: int) -> int:
+    """A count the derived keys are computed from; a value that is not an integer >= 1 counts as the
+    default here (its own check names it when the section is built)."""
+    value = _at(data, dotted)
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return value if ok else default
+
+
+def derived_values(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The values of `DERIVED_KEYS`, computed from the mapping before any section is built, so that every
+    section is valid as constructed (the LR schedule counts optimizer steps: one per mini-batch per PPO
+    epoch of every RL step)."""
+    top, trainer, model = TrainConfig.__dataclass_fields__, TrainerConfig.__dataclass_fields__, \
+        ModelConfig.__dataclass_fields__
+    seed = _at(data, "seed")
+    seed = top["seed"].default if seed is _MISSING else seed
+    batch = _count_at(data, "prompts_per_step", top["prompts_per_step"].default) * \
+        _count_at(data, "group_size", top["group_size"].default)
+    mini = _count_at(data, "trainer.mini_batch_size", trainer["mini_batch_size"].default)
+    updates_per_step = _count_at(data, "trainer.ppo_epochs", trainer["ppo_epochs"].default) * max(1, batch // mini)
+    path, dtype = _at(data, "model.path"), _at(data, "model.dtype")
+    return {
+        "trainer.batch_size": batch, "trainer.seed": seed,
+        "trainer.total_steps": _count_at(data, "total_steps", top["total_steps"].default) * updates_per_step,
+        "rollout.sampling.n": _count_at(data, "group_size", top["group_size"].default),
+        "rollout.sampling.seed": seed, "rollout.engine.seed": seed,
+        "rollout.engine.model": model["path"].default if path is _MISSING else path,
+        "rollout.engine.dtype": model["dtype"].default if dtype is _MISSING else dtype,
+    }
+
+
+def _with(data: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of the nested mapping with ``values`` (dotted keys) set."""
+    out = dict(data)
+    for dotted, value in values.items():
+        node = out
+        *sections, key = dotted.split(".")
+        for part in sections:
+            child = node.get(part)
+            node[part] = dict(child) if isinstance(child, Mapping) else {}
+            node = node[part]
+        node[key] = value
+    return out
+
 
 def load_config(data: Mapping[str, Any]) -> TrainConfig:
-    """Converts a composed Hydra config (as a plain mapping) and checks cross-section rules."""
+    """Converts a composed Hydra config (as a plain mapping): refuses derived keys, computes them, builds
+    every section (each checks its own values) and checks the rules that span sections."""
     data = {k: v for k, v in data.items() if k != "hydra"}
-    cfg = from_mapping(TrainConfig, data)
-    for key in ("total_steps", "prompts_per_step", "group_size"):
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"{key}={getattr(cfg, key)}: expected an integer >= 1")
     for dotted in sorted(DERIVED_KEYS):
-        section, _, key = dotted.rpartition(".")
-        node: Any = data
-        for part in section.split("."):
-            node = node.get(part) if isinstance(node, Mapping) else None
-        if isinstance(node, Mapping) and key in node:
-            raise ConfigError(f"{dotted}={node[key]!r} is derived (from prompts_per_step, group_size, seed, "
+        value = _at(data, dotted)
+        if value is not _MISSING:
+            raise ConfigError(f"{dotted}={value!r} is derived (from prompts_per_step, group_size, seed, "
                               "total_steps, model.path and model.dtype); remove it from the config")
-    # The LR schedule counts optimizer steps: one per mini-batch per PPO epoch of every RL step.
-    updates_per_step = cfg.trainer.ppo_epochs * max(1, cfg.batch_size // max(1, cfg.trainer.mini_batch_size))
-    cfg.trainer = dataclasses.replace(cfg.trainer, batch_size=cfg.batch_size, seed=cfg.seed,
-                                      total_steps=cfg.total_steps * updates_per_step)
-    cfg.rollout.sampling = dataclasses.replace(cfg.rollout.sampling, n=cfg.group_size)
-    cfg.rollout.engine = dataclasses.replace(cfg.rollout.engine, model=cfg.model.path, dtype=cfg.model.dtype,
-                                             seed=cfg.seed)
-    for section, obj in (("trainer", cfg.trainer), ("rollout.engine", cfg.rollout.engine),
-                         ("rollout.sampling", cfg.rollout.sampling), ("rollout.group", cfg.rollout.group)):
-        try:
-            obj.validate()
-        except ValueError as err:
-            raise ConfigError(f"{section}: {err}") from err
+    cfg = from_mapping(TrainConfig, _with(data, derived_values(data)))
     if cfg.algorithm.name != cfg.trainer.loss:
         raise ConfigError(f"trainer.loss={cfg.trainer.loss!r} but algorithm.name={cfg.algorithm.name!r}: a run is "
                           f"labelled by the loss it trains with; select the preset (algorithm={cfg.trainer.loss}) or "

@@ -20,6 +20,19 @@ class ConfigError(ValueError):
     """A configuration value that does not fit the schema; the message names the key."""
 
 
+class Schema:
+    """The one validation style of every schema (the rollout and reward sections follow it too):
+    `validate()` checks the object's own values and raises ValueError naming ``section.key``, and
+    construction runs it, so no invalid schema object exists. Rules that span sections are checked
+    by `cispo.config.root.load_config`."""
+
+    def validate(self) -> None:
+        """Raise ValueError naming the key when a value is out of its range; nothing to check by default."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+
 def _describe(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Literal:

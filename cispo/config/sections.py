@@ -11,13 +11,14 @@ from typing import Any, Literal
 from cispo.algorithms import ADVANTAGE_ESTIMATORS
 from cispo.algorithms.advantages import ADVANTAGE_OPTIONS
 from cispo.algorithms.options import parse_options
+from cispo.config.schema import Schema
 
 
 ANSWER_PLACEHOLDER = "{answer}"
 
 
 @dataclass
-class WarmStartConfig:
+class WarmStartConfig(Schema):
     steps: int = 0
     """Optimizer steps of supervised training; 0 = no warm start."""
     batch_size: int = 32
@@ -29,7 +30,7 @@ class WarmStartConfig:
     seed: int = 0
     """Order of the warm-start rows; the result is cached by model, data and these settings."""
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if self.steps < 0:
             raise ValueError(f"model.warmstart.steps={self.steps}: expected >= 0")
         if self.batch_size < 1:
@@ -41,7 +42,7 @@ class WarmStartConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Schema):
     """``path``: ``tiny``, ``tiny-tied``, ``smollm2-135m`` (built locally, no network) or an HF folder."""
 
     path: str = "tiny"
@@ -58,7 +59,7 @@ class ModelConfig:
 
 
 @dataclass
-class AlgorithmConfig:
+class AlgorithmConfig(Schema):
     """What distinguishes CISPO / DAPO / GRPO outside the loss (the loss knobs live in ``trainer``)."""
 
     name: str = "cispo"
@@ -109,7 +110,7 @@ class AlgorithmConfig:
     pass rate (share of correct responses, e.g. 0.9) leaves the pool for the rest of the run (the set is
     saved with checkpoints). null keeps every prompt."""
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if self.max_staleness < 0:
             raise ValueError(f"algorithm.max_staleness={self.max_staleness}: expected an integer >= 0")
         if self.no_positive_resampling is not None and not 0.0 < self.no_positive_resampling <= 1.0:
@@ -133,7 +134,7 @@ class AlgorithmConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Schema):
     every: int = 4
     """Evaluate every N steps (0 = only at the end); always at the end, and before the first step with at_start."""
     k: int = 4
@@ -151,7 +152,7 @@ class EvalConfig:
 
 
 @dataclass
-class LoggerConfig:
+class LoggerConfig(Schema):
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
     """``offline`` writes ``<run_dir>/wandb/offline-run-*`` (upload later with ``wandb sync``);
     ``online`` needs network access and a login; ``disabled`` never imports wandb."""
@@ -165,7 +166,7 @@ class LoggerConfig:
 
 
 @dataclass
-class RayConfig:
+class RayConfig(Schema):
     address: str | None = None
     """None: start a local Ray (right-sized for this machine); ``auto`` or ``host:port`` joins a cluster."""
     num_cpus: int | None = None
@@ -178,7 +179,7 @@ class RayConfig:
 
 
 @dataclass
-class CheckpointConfig:
+class CheckpointConfig(Schema):
     save_every: int = 10
     """Checkpoint every N steps (0 = only at the end); also at the last step and on SIGTERM / SIGINT."""
     keep_last: int = 2

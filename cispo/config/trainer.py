@@ -1,7 +1,7 @@
 """Configuration of the policy trainer (DeepSpeed workers).
 
-Every default lives here and is mirrored in ``configs/trainer/*.yaml``. ``validate()`` runs before
-any model is loaded, so a bad value costs milliseconds, not a model load; each error names the key
+Every default lives here and is mirrored in ``configs/trainer/*.yaml``. ``validate()`` runs on
+construction, before any model is loaded, so a bad value costs milliseconds, not a model load; each error names the key
 as ``trainer.<field>``.
 """
 
@@ -13,6 +13,7 @@ from typing import Any
 from cispo.algorithms import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
 from cispo.algorithms.options import parse_options
 from cispo.algorithms.policy_losses import LOSS_OPTIONS
+from cispo.config.schema import Schema
 
 PRECISIONS = ("fp32", "bf16")
 ADAM_IMPLS = ("loop", "foreach", "fused")
@@ -21,7 +22,7 @@ ZERO_STAGES = (0, 1, 2, 3)
 
 
 @dataclass
-class TrainerConfig:
+class TrainerConfig(Schema):
     """One policy update = ``ppo_epochs`` passes over the rollout batch, each split into
     ``batch_size / mini_batch_size`` mini-batches (one optimizer step each), each split into
     micro-batches of at most ``micro_batch_max_tokens`` padded tokens per rank."""
@@ -126,8 +127,8 @@ class TrainerConfig:
 
         return DEFAULT_AGGREGATION[self.loss] if self.agg is None else self.agg
 
-    def validate(self) -> "TrainerConfig":
-        """Raises ValueError naming ``trainer.<key>``; returns self so calls can chain."""
+    def validate(self) -> None:
+        """Raises ValueError naming ``trainer.<key>``."""
 
         def bad(key: str, value: Any, expected: str) -> ValueError:
             return ValueError(f"trainer.{key}={value!r}: expected {expected}")
@@ -213,4 +214,3 @@ class TrainerConfig:
         if self.kl_clamp is not None and (not is_num(self.kl_clamp) or self.kl_clamp <= 0):
             raise bad("kl_clamp", self.kl_clamp, "null or a number > 0")
         parse_options(LOSS_OPTIONS[self.loss], self.loss_options, "trainer.loss_options")
-        return self

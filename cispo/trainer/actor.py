@@ -21,7 +21,8 @@ class PolicyActor:
 
     def __init__(self, config: TrainerConfig, model_path: str, rank: int, ref_model_path: str | None = None):
         redirect_worker_output(f"trainer{rank}")
-        self.config = config.validate()
+        config.validate()
+        self.config = config
         self.model_path = model_path
         self.ref_model_path = ref_model_path
         self.rank = rank

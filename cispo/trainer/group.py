@@ -64,7 +64,8 @@ class TrainerGroup:
 
         from cispo.trainer.actor import PolicyActor
 
-        self.config = config.validate()
+        config.validate()
+        self.config = config
         self.call_timeout_s = call_timeout_s
         if not ray.is_initialized():
             raise RuntimeError("TrainerGroup needs a running Ray cluster: call ray.init() first")

@@ -48,7 +48,8 @@ def test_bad_config_names_the_key(changes, key):
 
 
 def test_default_config_is_valid_and_resolves_aggregation():
-    assert TrainerConfig().validate().resolved_agg() == "token-mean"
+    TrainerConfig().validate()  # the defaults are valid (construction checks them too)
+    assert TrainerConfig().resolved_agg() == "token-mean"
     assert TrainerConfig(loss="grpo").resolved_agg() == "seq-mean-token-mean"
     assert TrainerConfig(loss="grpo", agg="token-mean").resolved_agg() == "token-mean"
 
