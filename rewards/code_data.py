@@ -156,5 +156,25 @@ def leetcode_reference(row: dict[str, Any]) -> str:
     return row["solutions"] if isinstance(row["solutions"], str) else row["solutions"][0]
 
 
+class BadTestsError(ValueError):
+    """A row's tests cannot become a ground truth; names the field (``tests[3].output``)."""
+
+    def __init__(self, field_name: str, problem: str) -> None:
+        self.field, self.problem = field_name, problem
+        super().__init__(f"field {field_name!r}: {problem}")
+
+
 def codeforces_ground_truth(row: dict[str, Any]) -> dict[str, Any]:
-    return {"io": [{"input": t["input"], "output": t["output"]} for t in row["tests"]]}
+    """A Codeforces row's ``tests`` (a non-empty list of {input, output} strings) as stdin/stdout cases."""
+    tests = row.get("tests")
+    if not isinstance(tests, list) or not tests:
+        raise BadTestsError("tests", f"expected a non-empty list of {{input, output}}, got {tests!r:.80}")
+    cases = []
+    for number, case in enumerate(tests):
+        if not isinstance(case, dict):
+            raise BadTestsError(f"tests[{number}]", f"expected an object, got {type(case).__name__}")
+        for key in ("input", "output"):
+            if not isinstance(case.get(key), str):
+                raise BadTestsError(f"tests[{number}].{key}", f"expected a string, got {case.get(key)!r:.80}")
+        cases.append({"input": case["input"], "output": case["output"]})
+    return {"io": cases}

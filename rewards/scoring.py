@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from rewards import kinds
 from rewards import types as R
-from rewards.code_reward import score_code
 from rewards.batch import guarded_verify
 from rewards.config import RewardConfig, resolve_config
-from rewards.math_reward import score_aime, score_math, verify_inline
+from rewards.math_reward import score_math, verify_inline
 from rewards.types import RewardResult
 
 # Set by rewards._worker in pool worker processes: there, math-verify runs inline.
@@ -26,27 +26,27 @@ def _verify(gold: str, pred: str, timeout_s: float, rel_tol: float | None = None
     return guarded_verify(gold, pred, timeout_s, rel_tol)
 
 
+def score_math_response(response: str, ground_truth: Any, cfg: RewardConfig) -> RewardResult:
+    """The ``math`` kind's scorer: math-verify inline in a pool worker, else under a hard time limit."""
+    return score_math(response, ground_truth, cfg, verify=_verify)
+
+
 def score_with_config(kind: str, response: Any, ground_truth: Any, cfg: RewardConfig) -> RewardResult:
-    """`score` once options are resolved."""
+    """`score` once options are resolved: the kind's scorer from the registry (`rewards.kinds`)."""
+    scorer = kinds.get(kind).load()
     if not isinstance(response, str):
         return RewardResult(cfg.wrong_reward, False, None, R.NO_ANSWER, f"response is {type(response).__name__}, not str")
-    if kind == "math":
-        return score_math(response, ground_truth, cfg, verify=_verify)
-    if kind == "aime":
-        return score_aime(response, ground_truth, cfg)
-    if kind == "code":
-        return score_code(response, ground_truth, cfg)
-    raise ValueError(f"kind must be one of {', '.join(R.KINDS)}, got {kind!r}")
+    return scorer(response, ground_truth, cfg)
 
 
 def score(kind: str, response: Any, ground_truth: Any, **options: Any) -> RewardResult:
     """Score one response.
 
-    kind: "math" (math-verify equivalence), "aime" (integer 0..999), "code" (sandboxed tests).
+    kind: "math" (math-verify equivalence), "aime" (integer 0..999), "code" (sandboxed tests), or a
+    kind registered with `rewards.kinds.register`.
     options: `config=RewardConfig(...)` and/or any RewardConfig field as a keyword override.
     Raises ValueError only for a bad `kind` or bad options (caller bugs); anything about the
     response or the ground truth is a result with a reason.
     """
-    if kind not in R.KINDS:
-        raise ValueError(f"kind must be one of {', '.join(R.KINDS)}, got {kind!r}")
+    kinds.get(kind)  # a bad kind is a caller bug: ValueError before the options are resolved
     return score_with_config(kind, response, ground_truth, resolve_config(options))

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from cispo.config.data import PROMPT_PLACEHOLDER, ColumnMap
 from rewards.code_data import LEETCODE_PRELUDE as LEETCODE_SETUP
-from rewards.code_data import humaneval_ground_truth
+from rewards.code_data import BadTestsError, codeforces_ground_truth, humaneval_ground_truth
 from cispo.data.types import GroundTruth
 
 AIME_ANSWER_MAX = 999
@@ -230,18 +230,11 @@ def map_leetcode(raw: dict[str, Any], columns: ColumnMap) -> Mapped:
 
 
 def map_codeforces(raw: dict[str, Any], columns: ColumnMap) -> Mapped:
-    tests = _get(raw, "tests")
-    if not isinstance(tests, list) or not tests:
-        raise FieldError("tests", f"expected a non-empty list of {{input, output}}, got {tests!r:.80}")
-    cases = []
-    for number, case in enumerate(tests):
-        if not isinstance(case, dict):
-            raise FieldError(f"tests[{number}]", f"expected an object, got {type(case).__name__}")
-        for key in ("input", "output"):
-            if not isinstance(case.get(key), str):
-                raise FieldError(f"tests[{number}].{key}", f"expected a string, got {case.get(key)!r:.80}")
-        cases.append({"input": case["input"], "output": case["output"]})
-    return Mapped(text_field(raw, "problem"), {"io": cases}, None)
+    try:
+        truth = codeforces_ground_truth(raw)
+    except BadTestsError as e:
+        raise FieldError(e.field, e.problem) from None
+    return Mapped(text_field(raw, "problem"), truth, None)
 
 
 # ---- user files ----------------------------------------------------------------------------------
