@@ -15,7 +15,7 @@ cispo.report.curvefit / paired / analysis (curves and paired differences), cispo
 plots and markdown (the outputs); this module is the command line.
 
 A run folder holds `metrics.jsonl` (written by `cispo.tracking.MetricsLogger`, or gzipped as
-`metrics.jsonl.gz`, how docs/powered_study/runs keeps a study's runs) and its resolved
+`metrics.jsonl.gz`, how studies/powered_study/runs keeps a study's runs) and its resolved
 config as `.hydra/config.yaml` or `config.yaml` with the keys `algorithm.name` and `seed`. A multirun
 folder (Hydra's `multirun/<date>/<time>/`) holds numbered run folders; any folder is searched
 recursively (not inside run folders).

@@ -1,6 +1,6 @@
 """How many seeds and eval problems a comparison needs: a power calculation from a study's summary.
 
-    python -m cispo.report.power docs/cpu_study/summary.json --problems 64 --k 4 [--delta 0.05]
+    python -m cispo.report.power studies/cpu_study/summary.json --problems 64 --k 4 [--delta 0.05]
         [--alpha 0.05] [--power 0.8] [--plan-problems 64,128,256,512] [--seeds 5] [--out FILE]
 
 Reads the per-seed final eval accuracy of every group from a `cispo.compare` summary.json and

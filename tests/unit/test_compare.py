@@ -280,7 +280,7 @@ def test_clear_errors(tmp_path: Path) -> None:
 
 
 def test_archived_runs_give_the_same_summary(runs: list[Path], result: tuple[dict, Path], tmp_path: Path) -> None:
-    """A study's runs kept as `config.yaml` + `metrics.jsonl.gz` (docs/powered_study/runs) compare like the originals."""
+    """A study's runs kept as `config.yaml` + `metrics.jsonl.gz` (studies/powered_study/runs) compare like the originals."""
     import gzip
     import shutil
 

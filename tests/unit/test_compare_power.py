@@ -23,7 +23,7 @@ from cispo.report.power import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-CPU_STUDY = REPO / "docs" / "cpu_study" / "summary.json"
+CPU_STUDY = REPO / "studies" / "cpu_study" / "summary.json"
 
 
 def test_quantiles_match_tables() -> None:

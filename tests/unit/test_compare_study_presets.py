@@ -1,5 +1,5 @@
 """The powered study's sweep presets (configs/experiment/powered_study*.yaml) compose, validate and
-hold the design that docs/powered_study/README.md pre-registers. Hydra composition only: no run."""
+hold the design that studies/powered_study.md pre-registers. Hydra composition only: no run."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from cispo.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-README = Path(__file__).resolve().parents[2] / "docs" / "powered_study" / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "powered_study.md"
 SEEDS = [0, 1, 2, 3, 4]
 # preset -> (sweep dir, the arms it runs as (algorithm, eps_high) in sweep order)
 PRESETS = {
