@@ -4,7 +4,7 @@ The dataclass schemas (:class:`cispo.config.TrainConfig` and the sections it hol
 type, default and meaning. From them this module writes ``configs/base.yaml`` (the first entry of the
 Hydra defaults list, so that every key exists and can be overridden on the command line) and
 ``docs/config-reference.md`` (the table users read). Config groups and presets then list only what
-they change. ``tests/unit/test_config_consistency.py`` fails when either file is stale, when a preset
+they change. ``tests/unit/config/test_config_consistency.py`` fails when either file is stale, when a preset
 repeats a value it would get anyway, or when a key can never take effect.
 
     python -m cispo.config_reference          # rewrite both files

@@ -1,7 +1,7 @@
 """What the loop needs from the rollout and trainer worker groups, as typed Protocols.
 
 ``rollout.group.RolloutGroup`` and ``cispo.trainer.group.TrainerGroup`` are the real implementations;
-unit tests of the loop's glue pass stand-ins, and ``tests/unit/test_handles.py`` checks that both the real
+unit tests of the loop's glue pass stand-ins, and ``tests/unit/driver/test_handles.py`` checks that both the real
 groups and the stand-ins have these methods with compatible signatures, so a fake cannot drift from
 what it stands for.
 """

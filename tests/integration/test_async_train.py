@@ -1,6 +1,6 @@
 """The asynchronous loop (rollout.mode=async) with the real workers: vLLM, DeepSpeed, Ray and the tiny
 model (experiment=quick). The bookkeeping itself is tested against stand-in actors in
-tests/unit/test_async_loop.py; here: the same updates as the synchronous loop at k = 0, the importance
+tests/unit/driver/test_async_loop.py; here: the same updates as the synchronous loop at k = 0, the importance
 weights the loss sees against an independent computation, and a kill / resume that neither skips
 nor repeats a prompt."""
 
@@ -26,7 +26,7 @@ def checkpoint_weights(run_dir, step):
 def test_k0_gives_the_updates_of_the_sync_loop(ray_cluster, tmp_path):  # noqa: F811
     """Same prompts, samples, rewards and staleness 0, exactly; the same update up to fp32 noise.
 
-    Bit-identical updates are asserted with stand-in workers (tests/unit/test_async_loop.py). Two runs
+    Bit-identical updates are asserted with stand-in workers (tests/unit/driver/test_async_loop.py). Two runs
     of the real workers in one process usually agree to the last bit too, but not always: a CI run
     once saw the step-1 update differ by ~1e-4 (relative) with identical samples, the size of a
     last-bit difference after Adam (which turns a near-zero gradient's sign into a +-lr step). A

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from cispo.cli import config_reference
 from cispo.config import DERIVED_KEYS, load_config
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 GROUPS = ("model", "algorithm", "data", "rollout", "trainer", "reward", "eval", "logger")
 GLOBAL_GROUPS = ("algorithm", "experiment")  # files declared `@package _global_`
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))

@@ -22,7 +22,7 @@ from cispo.report.power import (
     t_quantile,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CPU_STUDY = REPO / "studies" / "cpu_study" / "summary.json"
 
 

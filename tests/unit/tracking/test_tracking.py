@@ -25,7 +25,7 @@ from cispo.tracking import (
 )
 from cispo.tracking.console import ConsoleColumns
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _metrics(step: int) -> dict:

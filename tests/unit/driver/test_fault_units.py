@@ -28,7 +28,7 @@ from cispo.driver.checkpoint_guard import CHECKPOINTS_SKIPPED_KEY, CheckpointWri
 from cispo.driver.failures import classify
 from cispo.tracking import read_metrics
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _run_child(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:

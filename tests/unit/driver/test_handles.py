@@ -9,7 +9,7 @@ import pytest
 from cispo.driver.handles import ChannelRollout, ChannelTrainer, RolloutHandle, TrainerHandle
 from cispo.trainer.group import TrainerGroup
 from rollout.group import RolloutGroup
-from tests.unit.test_loop_units import RecordingRollout, RecordingTrainer
+from tests.unit.driver.test_loop_units import RecordingRollout, RecordingTrainer
 
 
 def protocol_methods(protocol: type) -> dict[str, inspect.Signature]:

@@ -14,8 +14,8 @@ from omegaconf import OmegaConf
 
 from cispo.config import load_config
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-README = Path(__file__).resolve().parents[2] / "docs" / "powered_study.md"
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+README = Path(__file__).resolve().parents[3] / "docs" / "powered_study.md"
 SEEDS = [0, 1, 2, 3, 4]
 # preset -> (sweep dir, the arms it runs as (algorithm, eps_high) in sweep order)
 PRESETS = {

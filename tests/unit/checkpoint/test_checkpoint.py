@@ -27,7 +27,7 @@ from cispo.checkpoint import (
     verify,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _write_checkpoint(folder: Path, step: int, size: int = 4096) -> dict[str, bytes]:

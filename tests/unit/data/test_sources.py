@@ -24,7 +24,7 @@ from cispo.data import (
 )
 from rewards.code_data import LEETCODE_PRELUDE as LEETCODE_SETUP
 
-DATA = Path(os.environ.get("CISPO_DATA_DIR", Path(__file__).resolve().parents[2] / "data"))
+DATA = Path(os.environ.get("CISPO_DATA_DIR", Path(__file__).resolve().parents[3] / "data"))
 
 
 def raw_rows(relative: str) -> list[dict]:

@@ -15,7 +15,7 @@ import yaml
 
 from cispo.cli.compare import CompareError, compare, discover_runs, main, mean_ci, seed_curve, t_critical
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 STEPS = range(1, 11)
 EVAL_STEPS = (2, 4, 6, 8, 10)
 ACC_KEY = "eval/arith/avg@4"
