@@ -45,7 +45,7 @@ def pin_all_threads(cores: set[int]) -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
 
-def pin_workers(c) -> None:  # noqa: ANN001 - cispo.components.Components
+def pin_workers(c) -> None:  # noqa: ANN001 - cispo.driver.components.Components
     import ray
 
     for role, actors in (("rollout", c.rollout.actors), ("trainer", c.trainer.actors)):

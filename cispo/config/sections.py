@@ -55,7 +55,7 @@ class ModelConfig(Schema):
     cache_dir: str | None = None
     """Where built and warm-started models are cached; null = ``~/.cache/cispo/models``."""
     warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
-    """Optional supervised warm start on the training task before RL (see cispo/warmstart.py)."""
+    """Optional supervised warm start on the training task before RL (see cispo/driver/warmstart.py)."""
 
 
 @dataclass

@@ -40,7 +40,7 @@ class BatchLog:
             write_text_atomic(self.path, "".join(f"{line}\n" for line in keep))
 
     def write(self, step: int, groups: Sequence[Any], staleness: Sequence[int] | None) -> None:
-        """``groups``: objects with ``prompt_index`` and ``policy_version`` (cispo.loop.Group)."""
+        """``groups``: objects with ``prompt_index`` and ``policy_version`` (cispo.driver.loop.Group)."""
         record = {"step": step, "prompts": [int(g.prompt_index) for g in groups],
                   "policy_versions": [int(g.policy_version) for g in groups]}
         if staleness is not None:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import ray.exceptions as rx
 
-import cispo
 import rollout
 from rollout.group import RolloutGroupError
 from rollout.weight_format import WeightSyncTimeoutError
@@ -24,7 +23,7 @@ EXIT_RUN_LOCKED = 5
 WORKER_CLASSES = re.compile(r"\b(PolicyActor|RolloutActor)\b")
 # A rank whose peer died fails its collective with one of these (gloo / NCCL / torch.distributed).
 PEER_FAILURE_RE = re.compile(r"Connection closed by peer|Connection reset by peer|gloo|NCCL|Broken pipe", re.I)
-_PACKAGE_ROOTS = tuple(str(Path(p.__file__).parent) for p in (cispo, rollout))
+_PACKAGE_ROOTS = (str(Path(__file__).resolve().parents[1]), str(Path(rollout.__file__).resolve().parent))
 
 
 class RunStopped(SystemExit):

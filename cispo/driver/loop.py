@@ -76,7 +76,7 @@ def retire_solved_prompts(c: Components, groups: list[Group]) -> None:
 def collect_groups(c: Components, step: int, timer: PhaseTimer) -> tuple[list[Group], dict[str, float]]:
     """G responses per prompt, over several rounds when dynamic sampling drops zero-variance groups,
     until ``prompts_per_step`` groups are kept or ``max_gen_rounds`` is hit (then: what we have).
-    Each round's size comes from ``algorithm.refill_sizing`` (see :func:`cispo.dynamic_sampling.round_size`);
+    Each round's size comes from ``algorithm.refill_sizing`` (see :func:`cispo.driver.dynamic_sampling.round_size`);
     the keep-rate estimate is updated after every round and decayed once per step."""
     cfg, alg = c.cfg, c.cfg.algorithm
     collector: GroupCollector[Group] = GroupCollector(cfg.prompts_per_step, alg.dynamic_sampling)
