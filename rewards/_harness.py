@@ -1,8 +1,11 @@
 """Sandbox harness: runs one untrusted program for its tests. Standard library only.
 
 Started by `rewards.sandbox` as `python -I -S -B _harness.py`, normally as PID 1 of fresh
-mount/net/pid/ipc/uts namespaces (root there, before it drops privileges). Never imported by
-the package itself.
+mount/net/pid/ipc/uts namespaces (root there, before it drops privileges). Started by an ordinary
+user, those namespaces sit in a fresh user namespace where this user is root: the harness then
+enters its minimal root with pivot_root (the host tree is gone from the mount namespace), forbids
+nested user namespaces and drops every capability instead of switching uid (only one uid is
+mapped). Never imported by the package itself.
 
 Protocol. stdin: an 8-byte big-endian length, a JSON payload, then a nonce that this process
 reads only after every test has run (so no forked test process ever holds it). stdout: one JSON
@@ -36,8 +39,23 @@ import sys
 import time
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_REMOUNT, MS_BIND, MS_REC = 32, 4096, 16384
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+ST_NOEXEC = 8  # statvfs flag of a mount that a user namespace may not lift (kept on its binds)
+MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
+PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 28, 47, 4
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+# SECBIT_NOROOT, NO_SETUID_FIXUP, KEEP_CAPS, NO_CAP_AMBIENT_RAISE, each with its lock: uid 0 in the
+# user namespace never regains capabilities, not even through execve
+SECUREBITS_LOCKED_DOWN = 0x01 | 0x02 | 0x04 | 0x08 | 0x20 | 0x40 | 0x80
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+OOM_SCORE_FIRST = "1000"  # without an OOM exemption the sandbox is what the kernel kills first
+# per machine: pivot_root's syscall number; seccomp's audit arch and memfd_create's number
+SYSCALLS = {"x86_64": (155, 0xC000003E, 319), "aarch64": (41, 0xC00000B7, 279)}
+X32_SYSCALL_BIT = 0x40000000
+SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO = 0x7FFF0000, 0x00050000
+BPF_LD_W_ABS, BPF_JEQ_K, BPF_JGE_K, BPF_RET_K = 0x20, 0x15, 0x35, 0x06
+SECCOMP_DATA_NR, SECCOMP_DATA_ARCH = 0, 4
 
 ROOT_TMPFS_OPTIONS = "size=1m,mode=755"
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -61,6 +79,8 @@ PRELOAD = (
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.syscall.restype = ctypes.c_long
 _CONTROL = {ord("\t"): " ", ord("\n"): " ", ord("\r"): " "}
 FRAME_HEADER = 8
 CTL_MAX = 1 << 16
@@ -90,8 +110,8 @@ def mount(src, target, fstype, flags, data=None):
         raise OSError(err, f"mount {src} on {target}: {os.strerror(err)}")
 
 
-def prctl(option, arg):
-    if _libc.prctl(option, arg, 0, 0, 0) != 0:
+def prctl(option, arg, arg3=0):
+    if _libc.prctl(option, arg, arg3, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"prctl({option}): {os.strerror(err)}")
 
@@ -128,11 +148,14 @@ def _bind_ro(src, dst, *, is_file=False, nodev=True):
         os.makedirs(dst, exist_ok=True)
     mount(src, dst, None, MS_BIND | MS_REC)
     flags = MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | (MS_NODEV if nodev else 0)
+    if os.statvfs(src).f_flag & ST_NOEXEC:  # in a user namespace a remount may not drop it
+        flags |= MS_NOEXEC
     mount(None, dst, None, flags)
 
 
-def build_root(root, uid, disk_mb, inodes, extra_paths):
-    """Make `root` a minimal read-only tree (system dirs, the interpreter, /dev, /proc, /work) and enter it."""
+def build_root(root, uid, disk_mb, inodes, extra_paths, pivot=False):
+    """Make `root` a minimal read-only tree (system dirs, the interpreter, /dev, /proc, /work) and
+    enter it: chroot, or (pivot) pivot_root, which also removes the host tree from the namespace."""
     mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, ROOT_TMPFS_OPTIONS)
     bound = []
     for d in SYSTEM_DIRS:
@@ -160,6 +183,9 @@ def build_root(root, uid, disk_mb, inodes, extra_paths):
         os.symlink(target, root + "/dev/" + name)
     os.makedirs(root + "/proc")
     mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    # read-only sysctls: the IPC limits below are writable by the user namespace's uid 0 even
+    # without capabilities, and nothing else there is the program's business
+    _bind_ro(root + "/proc/sys", root + "/proc/sys")
     if os.path.lexists(root + WORK_DIR):
         raise FileExistsError(f"{WORK_DIR} collides with a bound path")
     os.makedirs(root + WORK_DIR)
@@ -167,8 +193,90 @@ def build_root(root, uid, disk_mb, inodes, extra_paths):
     mount("tmpfs", root + WORK_DIR, "tmpfs", MS_NOSUID | MS_NODEV,
           f"size={disk_mb}m,nr_inodes={inodes},mode=700,uid={owner},gid={owner}")
     mount(None, root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, ROOT_TMPFS_OPTIONS)
-    os.chroot(root)
+    if pivot and _machine_syscalls() is not None:
+        _pivot_root(root)
+    else:
+        os.chroot(root)
     os.chdir(WORK_DIR)
+
+
+def _machine_syscalls():
+    return SYSCALLS.get(os.uname().machine)
+
+
+def _pivot_root(root):
+    """Make `root` the root of this mount namespace and detach the old one (pivot_root(2)'s
+    `pivot_root(".", ".")` recipe): no path, fd or `..` leads back to the host tree."""
+    os.chdir(root)
+    if _libc.syscall(_machine_syscalls()[0], b".", b".") != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"pivot_root: {os.strerror(err)}")
+    if _libc.umount2(b".", MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"umount of the old root: {os.strerror(err)}")
+    os.chdir("/")
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def drop_capabilities():
+    """User-namespace mode: uid 0 here is the only mapped uid, so instead of switching uid the
+    harness gives up every capability for good (bounding set, ambient set, securebits so that
+    execve cannot restore them, then capset to nothing) and checks that none is left."""
+    last = int(open("/proc/sys/kernel/cap_last_cap").read())
+    prctl(PR_SET_SECUREBITS, SECUREBITS_LOCKED_DOWN)
+    for cap in range(last + 1):
+        prctl(PR_CAPBSET_DROP, cap)
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    header = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    if _libc.capset(ctypes.byref(header), data) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"capset: {os.strerror(err)}")
+    with open("/proc/self/status") as fh:
+        caps = {k: v.strip() for k, _, v in (line.partition(":") for line in fh) if k.startswith("Cap")}
+    if any(int(caps.get(k, "1"), 16) for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")):
+        raise OSError(errno.EPERM, f"capabilities left after dropping them: {caps}")
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def memfd_filter():
+    """A seccomp filter refusing memfd_create (EPERM) and every syscall of another ABI (i386,
+    x32): without a cgroup nothing would count memfd pages. None on an unknown machine."""
+    known = _machine_syscalls()
+    if known is None:
+        return None
+    _, arch, memfd_nr = known
+    deny = SECCOMP_RET_ERRNO | errno.EPERM
+    program = [
+        (BPF_LD_W_ABS, 0, 0, SECCOMP_DATA_ARCH),
+        (BPF_JEQ_K, 0, 4, arch),  # another ABI: deny
+        (BPF_LD_W_ABS, 0, 0, SECCOMP_DATA_NR),
+        (BPF_JGE_K, 2, 0, X32_SYSCALL_BIT),  # x32: deny
+        (BPF_JEQ_K, 1, 0, memfd_nr),
+        (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
+        (BPF_RET_K, 0, 0, deny),
+    ]
+    filters = (_SockFilter * len(program))(*[_SockFilter(*op) for op in program])
+    return _SockFprog(len(program), filters), filters  # the array must outlive the program
+
+
+def install_filter(compiled):
+    """Install a filter made by `memfd_filter` (no_new_privs is already set)."""
+    prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(compiled[0]))
 
 
 class Cgroup:
@@ -241,6 +349,7 @@ def isolate(p):
     """Enter the sandbox: cgroup, IPC limits, minimal root (namespace mode) or the work dir, then drop privileges."""
     uid = p["uid"]
     limits = p["limits"]
+    userns = bool(p.get("userns"))
     cgroup = Cgroup(p["cgroup"]) if p.get("cgroup") else None
     if cgroup is not None:
         try:  # an OOM kill in the cgroup should take a test process, not this one (needs CAP_SYS_RESOURCE)
@@ -248,10 +357,18 @@ def isolate(p):
             cgroup.oom_exempt = True
         except OSError:
             pass  # then the caller reads the cgroup's OOM count if this process is the one killed
+    if cgroup is None or not cgroup.oom_exempt:
+        # if the host (or its container) runs out of memory, the kernel kills the sandbox, never the
+        # scorer: raising one's own score needs no privilege, and children inherit it
+        _write_file("/proc/self/oom_score_adj", OOM_SCORE_FIRST)
     if p["mode"] == "ns":
+        if userns:
+            mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing mounted here reaches the host
+            _write_file("/proc/sys/user/max_user_namespaces", "0")  # no nested user ns: no fresh caps
         for name in IPC_SYSCTLS:  # a fresh IPC namespace: these bind only this sandbox
             _write_file(f"/proc/sys/kernel/{name}", str(limits["ipc"][name]))
-        build_root(p["root"], uid, limits["disk_mb"], limits["inodes"], list(sys.path) + list(p["site_paths"]))
+        build_root(p["root"], uid, limits["disk_mb"], limits["inodes"], list(sys.path) + list(p["site_paths"]),
+                   pivot=userns)
     else:
         os.chdir(p["root"])
         if uid is not None:
@@ -264,6 +381,8 @@ def isolate(p):
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
+    elif userns:
+        drop_capabilities()
     prctl(PR_SET_NO_NEW_PRIVS, 1)
     prctl(PR_SET_DUMPABLE, 0)
     if os.getpid() != 1:
@@ -292,8 +411,8 @@ def cpu_limit_s(limits):
     return int(math.ceil(limits["test_timeout"])) + 1
 
 
-def _child_setup(fds, limits, nproc, site_paths, cgroup):
-    """Common start of a test process: own group, fds, rlimits; raises if any of it fails."""
+def _child_setup(fds, limits, nproc, job, cgroup):
+    """Common start of a test process: own group, fds, rlimits, seccomp; raises if any of it fails."""
     os.setpgid(0, 0)
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGALRM):
@@ -322,7 +441,9 @@ def _child_setup(fds, limits, nproc, site_paths, cgroup):
     resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
     resource.setrlimit(resource.RLIMIT_FSIZE, (limits["fsize"], limits["fsize"]))
     resource.setrlimit(resource.RLIMIT_NOFILE, (limits["nofile"], limits["nofile"]))
-    sys.path[:] = [p for p in sys.path if p] + list(site_paths)
+    if job["filter"] is not None:
+        install_filter(job["filter"])
+    sys.path[:] = [p for p in sys.path if p] + list(job["site_paths"])
     sys.argv[:] = ["solution.py"]
     return rep
 
@@ -340,7 +461,7 @@ def _failure_kind(e):
 def child_io_main(job, fds, token, limits, nproc, cgroup):
     """Forked test process of an `io` (or probe) test: runs the program as __main__. Never returns."""
     try:
-        rep = _child_setup(fds, limits, nproc, job["site_paths"], cgroup)
+        rep = _child_setup(fds, limits, nproc, job, cgroup)
     except BaseException as e:  # noqa: BLE001 - setup failed: report, never run the program
         os.write(2, f"sandbox setup failed: {e!r}\n".encode())
         os._exit(96)
@@ -363,6 +484,13 @@ def child_io_main(job, fds, token, limits, nproc, cgroup):
             import fractions, decimal, socket as _socket  # noqa: F401,E401 - the interpreter's files must be reachable
             with open("probe.txt", "w") as fh:
                 fh.write("ok")
+            if job["filter"] is not None:
+                try:
+                    os.close(os.memfd_create("probe"))
+                except PermissionError:
+                    pass
+                else:
+                    raise RuntimeError("the seccomp filter did not refuse memfd_create")
     except _BaseException as e:  # noqa: BLE001 - every way out of the program is a verdict
         if not (isinstance(e, SystemExit) and e.code in (None, 0)):
             try:
@@ -490,7 +618,7 @@ def child_calls_main(job, fds, data_fd, limits, nproc, cgroup):
     """Forked test process of a `calls` test: setup, program, then answer calls. Never returns."""
     try:
         fds = dict(fds, rep=data_fd)
-        sock = _child_setup(fds, limits, nproc, job["site_paths"], cgroup)
+        sock = _child_setup(fds, limits, nproc, job, cgroup)
     except BaseException as e:  # noqa: BLE001
         os.write(2, f"sandbox setup failed: {e!r}\n".encode())
         os._exit(96)
@@ -553,6 +681,8 @@ class Supervisor:
         self.uid = payload["uid"]
         self.can_sweep = self.ns_mode or self.uid is not None
         self.nproc = self.limits["nproc"]
+        if payload.get("userns"):  # `unshare`, outside this pid namespace, counts for this uid too
+            self.nproc += 1
         if not self.can_sweep:  # sharing a uid with other processes: allow for them
             self.nproc += _count_own_processes()
         self.page = os.sysconf("SC_PAGE_SIZE")
@@ -875,7 +1005,12 @@ def compile_all(p):
         return None, f"{type(e).__name__}: {e}", None
     if p["form"] not in ("calls", "io", "probe"):
         return None, None, f"unknown test form {p['form']!r}"
-    job = {"form": p["form"], "setup_code": setup_code, "program_code": program_code, "site_paths": p["site_paths"]}
+    job = {"form": p["form"], "setup_code": setup_code, "program_code": program_code, "site_paths": p["site_paths"],
+           "filter": None}
+    if p.get("seccomp"):  # no cgroup counts memfd pages: refuse memfd_create instead
+        job["filter"] = memfd_filter()
+        if job["filter"] is None:
+            raise OSError(errno.ENOSYS, f"no seccomp filter for this machine ({os.uname().machine})")
     return job, None, None
 
 
@@ -935,7 +1070,8 @@ def main():
         alive_fd = payload["alive_fd"]
         ctl = socket.socket(fileno=payload["ctl_fd"])
         result = run_all(payload, alive_fd, ctl)
-        result["isolation"] = {"pid1": os.getpid() == 1, "uid": os.getuid(), "mode": payload["mode"]}
+        result["isolation"] = {"pid1": os.getpid() == 1, "uid": os.getuid(), "mode": payload["mode"],
+                               "userns": bool(payload.get("userns")), "seccomp": bool(payload.get("seccomp"))}
     except BaseException as e:  # noqa: BLE001 - reported to the caller, who turns it into a reason
         result["harness_error"] = f"{type(e).__name__}: {e}"
         if ctl is not None:

@@ -5,7 +5,8 @@ talking length-prefixed pickles over pipes: no multiprocessing start-method pitf
 re-import of the caller's `__main__`, no preexec_fn, so a pool works from any thread (Ray
 actors included). A task that outlives its deadline gets its worker SIGKILLed (with its
 process group) and replaced; its result says `timeout`. A worker that dies turns only its
-current task into a result. `score_batch` never raises because of one item.
+current task into a result. `score_batch` never raises because of one item; it raises
+`SandboxUnavailableError` for code items when `reward.code_isolation` cannot be met here.
 """
 
 from __future__ import annotations
@@ -160,6 +161,8 @@ class RewardPool:
                 cfg = config or self.config
                 results[i] = RewardResult(cfg.wrong_reward, False, None, R.INVALID_ITEM, f"{type(e).__name__}: {e}")
                 continue
+            if kind == "code":
+                _require_isolation(cfg)
             tasks.append(_score_task(kind, response, ground_truth, cfg))
             index.append(i)
         for i, res in zip(index, self.run(tasks)):
@@ -277,6 +280,14 @@ class RewardPool:
                     w.kill()
                     self._workers[slot] = None
         return results
+
+
+def _require_isolation(cfg: RewardConfig) -> None:
+    """Code items: refuse the whole batch here, in the caller, when `reward.code_isolation` cannot
+    be met (SandboxUnavailableError, one line), instead of one error result per item."""
+    from rewards import sandbox  # lazily: math-only callers never load the sandbox
+
+    sandbox.isolation(cfg)
 
 
 def _normalize_item(item: Any, base: RewardConfig) -> tuple[str, Any, Any, RewardConfig]:

@@ -5,8 +5,11 @@ cgroup v1 (a `memory` and a `pids` hierarchy, as on these machines) or v2 (one u
 both controllers) is detected from /proc/self/mountinfo. Runs live under `<controller root>/
 cispo-sandbox/<pid>-<random>`; a run's cgroup is emptied (SIGKILL to every task, repeated until
 none is left) and removed when the run ends, and cgroups of scorer processes that died are removed
-by the next one. Creating cgroups needs root (or a delegated tree): without it `detect` says why
-and the sandbox falls back to what it can still enforce (see docs/rewards.md).
+by the next one. Creating cgroups needs root, or, for an ordinary user, a delegated cgroup v2
+subtree (the process's own cgroup, writable by it, e.g. made by `systemd-run --user --scope -p
+Delegate=yes`): the scorer's processes are then moved into a leaf `cispo-scorer` (cgroup v2 allows
+no processes in a cgroup that hands controllers down) and runs live under `<own>/cispo-sandbox`.
+Without either, `detect` says why and the sandbox bounds resources with rlimits (docs/rewards.md).
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PARENT = "cispo-sandbox"
+SCORER_LEAF = "cispo-scorer"  # delegated v2: where the scorer's own processes go
 CONTROLLERS = ("memory", "pids")
+ENABLE = " ".join("+" + c for c in CONTROLLERS)
+DELEGATION_HINT = "start the run in a delegated scope: systemd-run --user --scope -p Delegate=yes <command>"
 EMPTY_ROUNDS = 200  # attempts to kill what is left in a run's cgroup before giving up on removing it
 EMPTY_PAUSE_S = 0.005
 MB = 1 << 20
@@ -68,10 +74,22 @@ def _prepare(folder: Path) -> None:
     folder.mkdir(exist_ok=True)
 
 
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _own_cgroup_v2() -> str | None:
+    """This process's cgroup v2 path (the `0::` line of /proc/self/cgroup), or None."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    return next((line[3:] for line in lines if line.startswith("0::")), None)
+
+
 def detect() -> Support:
-    """Probe once per process: v1 with memory+pids hierarchies, else v2 with both controllers."""
-    if os.geteuid() != 0:
-        return Support(None, (), "not root: cannot create cgroups")
+    """Probe once per process: v1 with memory+pids hierarchies, else v2 with both controllers
+    (as root: a tree under the root cgroup; otherwise: this process's delegated subtree)."""
     mounts = _mounts()
     v1 = {}
     for point, fstype, opts in mounts:
@@ -79,28 +97,89 @@ def detect() -> Support:
             for c in CONTROLLERS:
                 if c in opts and c not in v1:
                     v1[c] = point
+    unified = next((point for point, fstype, _ in mounts if fstype == "cgroup2"), None)
+    root = _is_root()
     try:
         if all(c in v1 for c in CONTROLLERS):
-            roots = []
-            for c in CONTROLLERS:
-                parent = Path(v1[c]) / PARENT
-                _prepare(parent)
-                roots.append(str(parent))
-            return Support(1, tuple(roots), "")
-        unified = next((point for point, fstype, _ in mounts if fstype == "cgroup2"), None)
-        if unified is not None:
-            available = set((Path(unified) / "cgroup.controllers").read_text().split())
-            if all(c in available for c in CONTROLLERS):
-                parent = Path(unified) / PARENT
-                _prepare(parent)
-                enable = " ".join("+" + c for c in CONTROLLERS)
-                (Path(unified) / "cgroup.subtree_control").write_text(enable)
-                (parent / "cgroup.subtree_control").write_text(enable)
-                return Support(2, (str(parent),), "")
-            return Support(None, (), f"cgroup v2 at {unified} lacks the {'/'.join(CONTROLLERS)} controllers")
+            return _detect_v1(v1, root)
+        if unified is not None and root:
+            return _detect_v2_root(Path(unified))
     except OSError as e:
         return Support(None, (), f"cannot prepare the cgroup folder: {e}")
+    if unified is not None:
+        own = _own_cgroup_v2()
+        if own is None:
+            return Support(None, (), "cgroup v2 is mounted but /proc/self/cgroup names no v2 cgroup")
+        return detect_delegated(Path(unified), own)
     return Support(None, (), "no cgroup memory/pids controllers mounted")
+
+
+def _detect_v1(points: dict[str, str], root: bool) -> Support:
+    """v1: `cispo-sandbox` in each controller's hierarchy (made by root, or by an administrator
+    who created it and gave it to this user)."""
+    roots = []
+    for c in CONTROLLERS:
+        parent = Path(points[c]) / PARENT
+        try:
+            _prepare(parent)
+        except PermissionError:
+            if root:
+                raise
+            return Support(None, (), f"cgroup v1 and not root: cannot create {parent} (an administrator can "
+                                     f"create it in the memory and pids hierarchies and chown it to this user)")
+        if not root and not os.access(parent, os.W_OK):
+            return Support(None, (), f"cgroup v1 and not root: {parent} is not writable by this user")
+        roots.append(str(parent))
+    return Support(1, tuple(roots), "")
+
+
+def _detect_v2_root(unified: Path) -> Support:
+    """v2 as root: `cispo-sandbox` under the root cgroup (which may hold processes itself)."""
+    available = set((unified / "cgroup.controllers").read_text().split())
+    if not all(c in available for c in CONTROLLERS):
+        return Support(None, (), f"cgroup v2 at {unified} lacks the {'/'.join(CONTROLLERS)} controllers")
+    parent = unified / PARENT
+    _prepare(parent)
+    (unified / "cgroup.subtree_control").write_text(ENABLE)
+    (parent / "cgroup.subtree_control").write_text(ENABLE)
+    return Support(2, (str(parent),), "")
+
+
+def detect_delegated(unified: Path, own: str) -> Support:
+    """v2 without root: use this process's own cgroup when it is delegated (writable) and offers
+    memory and pids. Its processes move to the leaf `cispo-scorer` (a v2 cgroup that enables
+    controllers for its children may hold no processes), then runs go under `cispo-sandbox`.
+    `unified` and `own` are parameters so a fake cgroupfs folder can stand in for the kernel's."""
+    node = unified / own.lstrip("/")
+    base = node.parent if node.name == SCORER_LEAF else node  # already moved by an earlier scorer
+    if not all(os.access(base / name, os.W_OK) for name in ("", "cgroup.procs", "cgroup.subtree_control")):
+        return Support(None, (), f"cgroup v2: {base} is not delegated to this user; {DELEGATION_HINT}")
+    try:
+        available = set((base / "cgroup.controllers").read_text().split())
+        missing = [c for c in CONTROLLERS if c not in available]
+        if missing:
+            return Support(None, (), f"cgroup v2: {base} is delegated without the {'/'.join(missing)} controller(s) "
+                                     f"({DELEGATION_HINT})")
+        if not all(c in (base / "cgroup.subtree_control").read_text().split() for c in CONTROLLERS):
+            leaf = base / SCORER_LEAF
+            _prepare(leaf)
+            for pid in (base / "cgroup.procs").read_text().split():
+                _move(pid, leaf)
+            (base / "cgroup.subtree_control").write_text(ENABLE)
+        parent = base / PARENT
+        _prepare(parent)
+        (parent / "cgroup.subtree_control").write_text(ENABLE)
+    except OSError as e:
+        return Support(None, (), f"cgroup v2: cannot use the delegated cgroup {base}: {e} ({DELEGATION_HINT})")
+    return Support(2, (str(parent),), "")
+
+
+def _move(pid: str, leaf: Path) -> None:
+    """Move one process into `leaf` (one pid per write, as cgroupfs wants); gone is fine."""
+    try:
+        (leaf / "cgroup.procs").write_text(pid)
+    except ProcessLookupError:
+        pass
 
 
 def create(support: Support, memory_bytes: int, max_tasks: int) -> RunCgroup:

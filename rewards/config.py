@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 MATH_FORMATS = ("boxed", "answer_line", "gsm8k")
 CODE_EXTRACTIONS = ("last_python_block", "last_block", "raw")
+CodeIsolation = Literal["strict", "none"]
+CODE_ISOLATIONS = get_args(CodeIsolation)
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,12 @@ class RewardConfig:
     """Bytes one SysV message queue may hold (kernel.msgmnb; 16384 is Linux's default)."""
     code_max_message_mb: int = 16
     """Largest encoded value the trusted judge accepts from the program in one reply."""
+    code_isolation: CodeIsolation = "strict"
+    """The least isolation code rewards accept. `strict`: namespaces (mount, pid, net, ipc, uts;
+    a user namespace first when not root) and resource limits (a cgroup, else rlimits), or code
+    rewards refuse to start (`SandboxUnavailableError`, saying what is missing). `none`: run
+    whatever this machine allows, plain execution without isolation included, with a warning at
+    every start. docs/rewards.md lists what each level guarantees."""
 
     # --- machinery
     hard_timeout_grace_s: float = 2.0  # slack before a stuck worker or harness is killed
@@ -138,6 +146,13 @@ class RewardConfig:
             raise ValueError(
                 f"reward.code_extraction must be one of {', '.join(CODE_EXTRACTIONS)}, got {self.code_extraction!r}"
             )
+        if self.code_isolation not in CODE_ISOLATIONS:
+            raise ValueError(
+                f"reward.code_isolation must be one of {', '.join(CODE_ISOLATIONS)}, got {self.code_isolation!r}"
+            )
+        if self.code_isolation == "strict" and self.code_use_namespaces is False:
+            raise ValueError("reward.code_use_namespaces=false needs reward.code_isolation=none "
+                             "(strict isolation is built on namespaces)")
         _int(self, "pool_max_tasks_per_worker", minimum=1)
         _int(self, "math_max_answers_checked", minimum=1)
         for name in (
@@ -239,4 +254,4 @@ def _int(cfg: RewardConfig, name: str, *, minimum: int) -> None:
 
 DEFAULT_CONFIG = RewardConfig()
 
-__all__ = ["RewardConfig", "DEFAULT_CONFIG", "resolve_config", "MATH_FORMATS", "CODE_EXTRACTIONS"]
+__all__ = ["RewardConfig", "DEFAULT_CONFIG", "resolve_config", "MATH_FORMATS", "CODE_EXTRACTIONS", "CODE_ISOLATIONS"]

@@ -1,13 +1,17 @@
 """Run an untrusted program against tests in an isolated, resource-limited child.
 
-Isolation on every run (see docs/rewards.md for what holds when a piece is unavailable):
-- namespace mode (default when `unshare` works, e.g. as root): new mount, net, pid, ipc and uts
-  namespaces; the harness is PID 1 there, so everything dies with it. It builds a minimal
-  read-only root (system dirs, the interpreter's stdlib, optionally site-packages, /dev nodes, a
-  fresh /proc) plus a private size-limited tmpfs `/work` (cwd and HOME), chroots into it and
-  drops to a fresh unprivileged uid. No network: only a downed loopback exists.
-- plain mode (fallback): a fresh temp folder as cwd/HOME and, as root, a fresh uid; no network
-  isolation.
+Isolation levels (`Isolation.level`; docs/rewards.md says what each guarantees):
+- `namespaces+cgroup` / `namespaces+rlimits`: new mount, net, pid, ipc and uts namespaces (not
+  root: inside a new user namespace where this user is uid 0); the harness is PID 1 there, so
+  everything dies with it. It builds a minimal read-only root (system dirs, the interpreter's
+  stdlib, optionally site-packages, /dev nodes, a fresh /proc with read-only sysctls) plus a
+  private size-limited tmpfs `/sandbox` (cwd and HOME), enters it (root: chroot, then a fresh
+  unprivileged uid; not root: pivot_root, no nested user namespaces, every capability dropped).
+  No network: only a downed loopback exists. Memory and tasks: the run's cgroup, or without one
+  rlimits, the sandbox's resident total, IPC and tmpfs limits and no memfd (seccomp).
+- `none`: plain mode, a fresh temp folder as cwd/HOME and, as root, a fresh uid; no network or
+  file isolation. Only with `reward.code_isolation: none`; `strict` (the default) refuses to run
+  code instead (`SandboxUnavailableError`).
 Both modes: own session/process group killed whole on timeout; per-test and whole-program
 wall-clock limits; rlimits on address space, CPU, processes, file size, open files; output
 capped; environment scrubbed; the harness dies when this process dies (a liveness pipe).
@@ -47,7 +51,19 @@ log = logging.getLogger(__name__)
 
 HARNESS = Path(__file__).with_name("_harness.py")
 PYTHON_FLAGS = ("-I", "-S", "-B")
+UNSHARE = "unshare"  # looked up on PATH; tests point it at /bin/false to take namespaces away
 UNSHARE_FLAGS = ("--mount", "--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child")
+USERNS_FLAGS = ("--user", "--map-root-user")  # not root: the other namespaces need one first
+LEVEL_CGROUP, LEVEL_RLIMITS, LEVEL_NONE = "namespaces+cgroup", "namespaces+rlimits", "none"
+DETAIL_CAP = 300  # characters of a probe failure quoted in a one-line error
+NONE_HINT = "or set reward.code_isolation=none to run unisolated"
+# sysctls that keep an ordinary user out of user namespaces: (file, blocking value, the fix)
+USERNS_SWITCHES = (
+    ("/proc/sys/kernel/unprivileged_userns_clone", "0", "sysctl kernel.unprivileged_userns_clone=1"),
+    ("/proc/sys/user/max_user_namespaces", "0", "sysctl user.max_user_namespaces=15000"),
+    ("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1",
+     "sysctl kernel.apparmor_restrict_unprivileged_userns=0 (or an AppArmor profile allowing userns for this python)"),
+)
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 NS_HOME = "/sandbox"
 WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
@@ -55,6 +71,11 @@ PROBE_TIMEOUT_S = 30.0
 WORKDIR_PREFIX = "cispo-sbx-"
 STDERR_KEEP = 2000
 MB = 1 << 20
+
+
+class SandboxUnavailableError(ValueError):
+    """`reward.code_isolation` asks for isolation this machine cannot give; the message is one
+    line saying what is missing and how to get it (or how to run without it)."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +87,15 @@ class Isolation:
     unshare: str | None
     note: str
     cgroup: cgroups.Support | None = None  # None: no per-run cgroup (see `note`)
+    userns: bool = False  # the namespaces sit in a new user namespace (started by an ordinary user)
+    missing: str = ""  # when namespaces are unavailable: the one-line error `strict` raises
+
+    @property
+    def level(self) -> str:
+        """`namespaces+cgroup`, `namespaces+rlimits` or `none`: what a run's metrics can record."""
+        if not self.namespaces:
+            return LEVEL_NONE
+        return LEVEL_CGROUP if self.cgroup is not None else LEVEL_RLIMITS
 
 
 @dataclass(frozen=True)
@@ -91,7 +121,7 @@ class SandboxReport:
 
 
 _probe_lock = threading.Lock()
-_probe_cache: dict[tuple[bool, bool, bool], Isolation] = {}
+_probe_cache: dict[tuple[bool, bool, bool, str], Isolation] = {}
 
 
 def _is_root() -> bool:
@@ -110,44 +140,89 @@ def site_paths(cfg: RewardConfig) -> list[str]:
 
 
 def isolation(cfg: RewardConfig) -> Isolation:
-    """Probe (once per process and setting) whether namespace mode works here."""
-    key = (cfg.code_use_namespaces, cfg.code_drop_privileges, cfg.code_use_cgroups)
+    """What the sandbox enforces here (probed once per process and setting). Raises
+    SandboxUnavailableError when `reward.code_isolation` is `strict` and namespaces do not work."""
+    key = (cfg.code_use_namespaces, cfg.code_drop_privileges, cfg.code_use_cgroups, cfg.code_isolation)
     with _probe_lock:
-        if key in _probe_cache:
-            return _probe_cache[key]
-        if not _probe_cache:
-            remove_stale_workdirs()
-        drop = cfg.code_drop_privileges and _is_root()
-        unshare = shutil.which("unshare") if cfg.code_use_namespaces else None
-        note = ""
-        if unshare:
-            candidate = Isolation(True, drop, unshare, "")
-            report = _launch("", {"form": "probe"}, cfg, candidate, probe=True)
-            ok = bool(report.tests) and report.tests[0].get("status") == "pass"
-            if not ok:
-                note = f"namespace mode unavailable ({report.harness_error or report.tests or 'no result'}); plain mode"
-                unshare = None
-        elif cfg.code_use_namespaces:
-            note = "no `unshare` binary; plain mode"
-        else:
-            note = "namespaces disabled by reward.code_use_namespaces"
-        if not drop:
-            note += "; not root or reward.code_drop_privileges off: the program runs as this user"
-        elif not unshare and not _world_traversable(sys.base_prefix):
-            note += f"; {sys.base_prefix} is not readable by other users: only preloaded stdlib modules import"
-        support = cgroups.detect() if cfg.code_use_cgroups else cgroups.Support(None, (), "disabled by reward.code_use_cgroups")
-        if support.version is None:
-            note += (f"; no per-run cgroup ({support.note}): memory is bounded only per process (address space) "
-                     "and by summing resident pages, processes only by RLIMIT_NPROC; shm, memfd and tmpfs pages "
-                     "are not counted")
-            if not unshare:
-                note += "; no IPC or tmpfs limits (plain mode)"
-            log.warning("code sandbox: %s", note.strip("; "))
-        else:
-            cgroups.remove_stale(support)
-        result = Isolation(bool(unshare), drop, unshare, note.strip("; "), support if support.version else None)
-        _probe_cache[key] = result
-        return result
+        iso = _probe_cache.get(key)
+        if iso is None:
+            if not _probe_cache:
+                remove_stale_workdirs()
+            iso = _probe(cfg)
+            _probe_cache[key] = iso
+            if cfg.code_isolation == "none":
+                log.warning("code sandbox: reward.code_isolation=none: isolation is not required; this run gets "
+                            "level %r%s", iso.level, f" ({iso.note})" if iso.note else "")
+    if cfg.code_isolation == "strict" and not iso.namespaces:
+        raise SandboxUnavailableError(iso.missing)
+    return iso
+
+
+def isolation_level(cfg: RewardConfig) -> str:
+    """The isolation level code rewards run at with `cfg` here, for the run's config and metrics
+    (`namespaces+cgroup`, `namespaces+rlimits` or `none`); raises like `isolation`."""
+    return isolation(cfg).level
+
+
+def _probe(cfg: RewardConfig) -> Isolation:
+    """Try namespace mode once (a probe program in the real sandbox) and describe what holds."""
+    root = _is_root()
+    drop = cfg.code_drop_privileges and root
+    support = cgroups.detect() if cfg.code_use_cgroups else cgroups.Support(None, (), "disabled by reward.code_use_cgroups")
+    cgroup = support if support.version else None
+    unshare = shutil.which(UNSHARE) if cfg.code_use_namespaces else None
+    note, missing = "", ""
+    if unshare:
+        candidate = Isolation(True, drop, unshare, "", cgroup, userns=not root)
+        report = _launch("", {"form": "probe"}, cfg, candidate, probe=True)
+        if not (report.tests and report.tests[0].get("status") == "pass"):
+            why = _one_line(str(report.harness_error or report.tests or "no result"))
+            missing = _namespaces_missing(why, root)
+            note = f"namespace mode unavailable ({why}); plain mode"
+            unshare = None
+    elif cfg.code_use_namespaces:
+        missing = f"code sandbox unavailable: no `{UNSHARE}` binary on PATH (install util-linux), {NONE_HINT}"
+        note = f"no `{UNSHARE}` binary; plain mode"
+    else:
+        missing = "code sandbox unavailable: namespaces disabled by reward.code_use_namespaces"
+        note = "namespaces disabled by reward.code_use_namespaces"
+    if not unshare and not drop:
+        note += "; not root or reward.code_drop_privileges off: the program runs as this user"
+    elif not unshare and not _world_traversable(sys.base_prefix):
+        note += f"; {sys.base_prefix} is not readable by other users: only preloaded stdlib modules import"
+    if cgroup is None:
+        note += (f"; no per-run cgroup ({support.note}): memory is bounded per process (address space), by "
+                 "summing resident pages and by IPC/tmpfs limits (memfd refused), processes by RLIMIT_NPROC")
+        if not unshare:
+            note += "; no IPC or tmpfs limits, shm/memfd/tmpfs pages not counted (plain mode)"
+        log.warning("code sandbox: %s", note.strip("; "))
+    else:
+        cgroups.remove_stale(support)
+    return Isolation(bool(unshare), drop, unshare, note.strip("; "), cgroup, userns=bool(unshare) and not root,
+                     missing=missing)
+
+
+def _one_line(text: str) -> str:
+    """A probe failure as one short line (harness output may span several)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= DETAIL_CAP else flat[:DETAIL_CAP] + "..."
+
+
+def _namespaces_missing(why: str, root: bool) -> str:
+    """The one-line error for `strict` when the namespace probe failed: what failed, how to fix it."""
+    if root:
+        return f"code sandbox unavailable: namespaces could not be created ({why}); check that `{UNSHARE} --mount " \
+               f"--net --pid --fork true` works here, {NONE_HINT}"
+    fixes = []
+    for path, blocking, fix in USERNS_SWITCHES:
+        try:
+            if Path(path).read_text().strip() == blocking:
+                fixes.append(fix)
+        except OSError:
+            continue
+    how = " and ".join(fixes) if fixes else "allow unprivileged user namespaces (see docs/rewards.md)"
+    return f"code sandbox unavailable: user namespaces are not usable by this user ({why}); {how}, or run as root, " \
+           f"{NONE_HINT}"
 
 
 def _world_traversable(path: str) -> bool:
@@ -245,7 +320,7 @@ def _remove_uid_files(uid: int) -> None:
 def run_program(program: str, tests: dict[str, Any], cfg: RewardConfig, trusted: TrustedPlan | None = None) -> SandboxReport:
     """Run `program` for its tests: `tests` is the harness payload part (form, inputs, setup); for
     the `calls` form `trusted` holds the tests that the judge runs here against the sandbox."""
-    iso = isolation(cfg)
+    iso = isolation(cfg)  # raises SandboxUnavailableError: code rewards refuse to run unisolated
     if iso.cgroup is None and cfg.code_require_cgroups:
         return SandboxReport(isolation=iso, harness_error=f"refused: reward.code_require_cgroups is set and {iso.note}")
     return _launch(program, tests, cfg, iso, trusted=trusted)
@@ -269,7 +344,8 @@ def _launch(program: str, tests: dict[str, Any], cfg: RewardConfig, iso: Isolati
                 report.harness_error = f"cannot create the run's cgroup: {e}"
                 return report
         if iso.namespaces:
-            cmd = [iso.unshare or "unshare", *UNSHARE_FLAGS, "--", sys.executable, *PYTHON_FLAGS, str(HARNESS)]
+            userns = USERNS_FLAGS if iso.userns else ()
+            cmd = [iso.unshare or UNSHARE, *userns, *UNSHARE_FLAGS, "--", sys.executable, *PYTHON_FLAGS, str(HARNESS)]
             home = NS_HOME
         else:
             cmd = [sys.executable, *PYTHON_FLAGS, str(HARNESS)]
@@ -279,6 +355,8 @@ def _launch(program: str, tests: dict[str, Any], cfg: RewardConfig, iso: Isolati
         os.chmod(workdir, 0o700)
         payload = {
             "mode": "ns" if iso.namespaces else "plain",
+            "userns": iso.namespaces and iso.userns,
+            "seccomp": iso.namespaces and iso.cgroup is None,  # nothing counts memfd pages: refuse them
             "root": workdir,
             "uid": uid,
             "alive_fd": alive_r,

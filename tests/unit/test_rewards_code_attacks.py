@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import platform
 import textwrap
-import time
 
 import pytest
 
 from rewards import RewardConfig, score
 from rewards import code_data
-from tests.unit.test_rewards_sandbox import IS_ROOT, processes_of, unique
+from tests.unit.test_rewards_sandbox import assert_nothing_left, unique
 
 CFG = RewardConfig(code_test_timeout_s=8.0, code_total_timeout_s=20.0, code_memory_mb=256, hard_timeout_grace_s=1.0)
 SMALL = CFG.replace(code_memory_mb=128)  # memory attacks: hold 3x this and more
@@ -40,11 +39,7 @@ def run(program: str, gt: dict, cfg: RewardConfig = CFG):
     """Score one program with a known sandbox uid; nothing of that uid may survive the run."""
     cfg = unique(cfg)
     result = score("code", fence(program), gt, config=cfg)
-    if IS_ROOT and cfg.code_drop_privileges:
-        deadline = time.monotonic() + 2.0  # SIGKILLed processes take a moment to disappear
-        while processes_of(cfg.code_uid_range[0]) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert processes_of(cfg.code_uid_range[0]) == [], "sandbox processes outlived the run"
+    assert_nothing_left(cfg)
     return result
 
 
@@ -413,7 +408,7 @@ def test_honest_programs_pass(name: str) -> None:
 # ----------------------------------------------------------------------------- without namespaces or cgroups
 def test_class_one_attacks_fail_in_plain_mode_too() -> None:
     """The judge does not depend on the isolation mode: the same attacks fail in plain mode."""
-    plain = CFG.replace(code_use_namespaces=False)
+    plain = CFG.replace(code_use_namespaces=False, code_isolation="none")
     for group in (ANSWER_ANYTHING, REPORT_A_PASS, READ_EXPECTED, PATCH_HELPERS):
         for name, (program, gt) in group.items():
             result = run(program, gt, plain)
@@ -423,7 +418,7 @@ def test_class_one_attacks_fail_in_plain_mode_too() -> None:
 @pytest.mark.parametrize("namespaces", [True, False], ids=["namespaces", "plain"])
 def test_exited_leader_is_found_without_cgroups(namespaces: bool) -> None:
     """Without a cgroup the sweep reads /proc: a zombie leader with live threads counts as alive."""
-    cfg = SMALL.replace(code_use_cgroups=False, code_use_namespaces=namespaces)
+    cfg = SMALL.replace(code_use_cgroups=False, code_use_namespaces=namespaces, code_isolation="strict" if namespaces else "none")
     result = run(ZOMBIE_LEADER["thread outlives its exited leader"], {"asserts": ["assert f() == 1"]}, cfg)
     assert (result.correct, result.reason) == (False, "runtime_error") and "left running" in result.detail, result
 

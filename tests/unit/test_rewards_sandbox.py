@@ -2,7 +2,9 @@
 
 Each hostile "solution" is written so that its test passes only if the attack worked; a
 `correct` verdict would therefore mean an escape. Runs in namespace mode (the default here) and,
-for the attacks that mode-independent limits must stop, in plain mode as well.
+for the attacks that mode-independent limits must stop, in plain mode as well. The namespace-mode
+cases also run as an ordinary user (test_rewards_sandbox_unprivileged.py), where the sandbox sits
+in a user namespace: helpers here find the sandbox's processes by uid as root, else by command line.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ IS_ROOT = os.geteuid() == 0
 # tight ones (TIGHT) only where a timeout is the expected verdict.
 NS = RewardConfig(code_test_timeout_s=5.0, code_total_timeout_s=10.0, code_memory_mb=256, code_max_processes=8,
                   hard_timeout_grace_s=1.0)
-PLAIN = NS.replace(code_use_namespaces=False)
+PLAIN = NS.replace(code_use_namespaces=False, code_isolation="none")  # plain mode exists only unrequired
 MODES = [pytest.param(NS, id="namespaces"), pytest.param(PLAIN, id="plain")]
 
 
@@ -60,17 +62,48 @@ def processes_of(uid: int) -> list[int]:
     return pids
 
 
+def harness_processes() -> list[int]:
+    """Live processes of this user that run the harness: `unshare`, the harness, its test processes
+    (how an ordinary user's sandbox is found: it runs under this user's own uid)."""
+    me, marker = str(os.getuid()), str(sandbox.HARNESS).encode()
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                cmdline = Path(f"/proc/{name}/cmdline").read_bytes()
+                status = Path(f"/proc/{name}/status").read_text()
+            except OSError:
+                continue
+            uid_line = next((line for line in status.splitlines() if line.startswith("Uid:")), "")
+            state = next((line for line in status.splitlines() if line.startswith("State:")), "")
+            if marker in cmdline and uid_line.split()[1:2] == [me] and " Z " not in state + " ":
+                pids.append(int(name))
+    return pids
+
+
+def sandbox_processes(cfg: RewardConfig) -> list[int]:
+    """What is alive of the sandbox: by its fresh uid as root, else by the harness's command line."""
+    if IS_ROOT and cfg.code_drop_privileges:
+        return processes_of(cfg.code_uid_range[0])
+    return harness_processes()
+
+
+def assert_nothing_left(cfg: RewardConfig) -> None:
+    """No process of the run may survive it (SIGKILLed ones take a moment to disappear)."""
+    if not IS_ROOT and not cfg.code_use_namespaces:
+        return  # plain mode as this user: nothing to tell the program's processes from this user's
+    deadline = time.monotonic() + 2.0
+    while sandbox_processes(cfg) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sandbox_processes(cfg) == [], "sandbox processes outlived the run"
+
+
 def run(program: str, asserts: list[str], cfg: RewardConfig):
     cfg = unique(cfg)
     start = time.perf_counter()
     result = score("code", "```python\n" + textwrap.dedent(program) + "\n```", {"asserts": asserts}, config=cfg)
     elapsed = time.perf_counter() - start
-    if cfg.code_drop_privileges and IS_ROOT:
-        uid = cfg.code_uid_range[0]
-        deadline = time.monotonic() + 2.0
-        while processes_of(uid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert processes_of(uid) == [], "sandbox processes outlived the run"
+    assert_nothing_left(cfg)
     return result, elapsed
 
 
@@ -80,9 +113,9 @@ def within(elapsed: float, cfg: RewardConfig, *, limit: float | None = None) -> 
 
 # ----------------------------------------------------------------------------- the machine
 def test_isolation_here() -> None:
-    iso = sandbox.isolation(NS)
-    if IS_ROOT and sandbox.shutil.which("unshare"):
-        assert iso.namespaces and iso.drop_privileges, iso.note
+    iso = sandbox.isolation(NS)  # strict: raises SandboxUnavailableError where namespaces do not work
+    assert iso.namespaces and iso.drop_privileges == IS_ROOT and iso.userns == (not IS_ROOT), iso.note
+    assert sandbox.isolation_level(NS) == (sandbox.LEVEL_CGROUP if iso.cgroup else sandbox.LEVEL_RLIMITS)
     plain = sandbox.isolation(PLAIN)
     assert not plain.namespaces and plain.drop_privileges == IS_ROOT
 
@@ -168,10 +201,12 @@ def test_fork_bomb(cfg: RewardConfig) -> None:
     assert within(elapsed, cfg, limit=1.0)
 
 
-@pytest.mark.skipif(not IS_ROOT, reason="privilege drop only happens when started as root")
 @pytest.mark.parametrize("cfg", MODES)
 def test_process_limit_binds_as_root(cfg: RewardConfig) -> None:
-    """RLIMIT_NPROC does not bind root: it must bind here because the program is not root."""
+    """RLIMIT_NPROC does not bind root: it must bind here because the program is not root (started
+    as root: a fresh uid), or is uid 0 of a user namespace, where the kernel counts it anyway."""
+    if not IS_ROOT and not cfg.code_use_namespaces:
+        pytest.skip("plain mode as an ordinary user shares RLIMIT_NPROC with this user's processes")
     counter = """
     import os, signal, time
     def f():
@@ -191,7 +226,8 @@ def test_process_limit_binds_as_root(cfg: RewardConfig) -> None:
         return (os.getuid(), len(pids))
     """
     limit = cfg.code_max_processes
-    result, _ = run(counter, [f"uid, n = f()\nassert uid != 0 and 0 < n < {limit}, (uid, n)"], cfg)
+    not_root = "uid != 0 and " if IS_ROOT else ""
+    result, _ = run(counter, [f"uid, n = f()\nassert {not_root}0 < n < {limit}, (uid, n)"], cfg)
     assert result.correct, result
 
 
@@ -266,6 +302,7 @@ def test_write_outside_its_folder(cfg: RewardConfig, tmp_path: Path) -> None:
         assert not os.path.exists(path), path
 
 
+@pytest.mark.skipif(not IS_ROOT, reason="plain mode as an ordinary user runs the program as this user (level none)")
 def test_write_outside_plain_mode_is_cleaned_up() -> None:
     """Plain mode cannot stop writes to world-writable folders; it removes what the uid left there."""
     tag = secrets.token_hex(6)
@@ -392,6 +429,7 @@ def test_worker_death_takes_the_sandbox_with_it() -> None:
     """If the scoring process dies mid-run, the harness and the program die too (liveness pipe)."""
     cfg = unique(NS.replace(code_test_timeout_s=60.0, code_total_timeout_s=60.0))
     uid = cfg.code_uid_range[0]
+    alive = lambda: sandbox_processes(cfg)  # noqa: E731
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(ROOT)!r})
@@ -403,19 +441,19 @@ def test_worker_death_takes_the_sandbox_with_it() -> None:
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # the start-up probe's processes come and go first
-            if processes_of(uid):
+            if alive():
                 time.sleep(1.0)
-                if processes_of(uid):
+                if alive():
                     break
             time.sleep(0.05)
-        assert processes_of(uid), "the sandbox never started"
+        assert alive(), "the sandbox never started"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     deadline = time.monotonic() + 5
-    while processes_of(uid) and time.monotonic() < deadline:
+    while alive() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert processes_of(uid) == []
+    assert alive() == []
     # the killed process could not remove its work folder: the next scorer that starts does
     left = list(Path(tempfile.gettempdir()).glob(f"{sandbox.WORKDIR_PREFIX}{proc.pid}-*"))
     assert left
