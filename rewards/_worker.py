@@ -16,7 +16,7 @@ def main() -> None:
     os.dup2(devnull, 0)
     os.dup2(2, 1)
 
-    from rewards import scoring
+    from rewards import kinds, scoring
     from rewards.batch import recv_frame, send_frame
     from rewards.config import DEFAULT_CONFIG
     from rewards.math_reward import NOT_EQUAL, verify_inline, warm_up
@@ -38,8 +38,9 @@ def main() -> None:
             os._exit(0)
         try:
             if op == "score":
-                kind, response, ground_truth, cfg = args
-                value = scoring.score_with_config(kind, response, ground_truth, cfg)
+                kind, response, ground_truth, cfg = args  # kind: a rewards.kinds.RewardKind
+                kinds.register(kind)
+                value = scoring.score_with_config(kind.name, response, ground_truth, cfg)
             elif op == "verify":
                 value = verify_inline(*args)
             else:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from rewards import kinds
 from rewards import types as R
 from rewards.config import DEFAULT_CONFIG, RewardConfig, resolve_config
 from rewards.extract import extract_code, extract_math_answer
@@ -161,7 +162,7 @@ class RewardPool:
                 cfg = config or self.config
                 results[i] = RewardResult(cfg.wrong_reward, False, None, R.INVALID_ITEM, f"{type(e).__name__}: {e}")
                 continue
-            if kind == "code":
+            if kinds.get(kind).runs_code:
                 _require_isolation(cfg)
             tasks.append(_score_task(kind, response, ground_truth, cfg))
             index.append(i)
@@ -303,15 +304,14 @@ def _normalize_item(item: Any, base: RewardConfig) -> tuple[str, Any, Any, Rewar
     else:
         raise ValueError("item must be a dict with kind/response/ground_truth or a "
                          "(kind, response, ground_truth[, options]) tuple")
-    if kind not in R.KINDS:
-        raise ValueError(f"kind must be one of {', '.join(R.KINDS)}, got {kind!r}")
+    kinds.get(kind)  # ValueError naming the known kinds
     options.setdefault("config", base)
     return kind, response, ground_truth, resolve_config(options)
 
 
 def _score_task(kind: str, response: Any, ground_truth: Any, cfg: RewardConfig) -> _Task:
     """A scoring task with the results to use if its worker must be killed or dies."""
-    if kind == "code":
+    if kinds.get(kind).runs_code:
         deadline = cfg.code_total_timeout_s + 4 * cfg.hard_timeout_grace_s
         extracted = extract_code(response, cfg.code_extraction, think=cfg.strip_think) if isinstance(response, str) else None
     else:
@@ -320,7 +320,8 @@ def _score_task(kind: str, response: Any, ground_truth: Any, cfg: RewardConfig) 
     value = cfg.wrong_reward + (cfg.format_reward if extracted is not None else 0.0)
     on_timeout = RewardResult(value, False, extracted, R.TIMEOUT, f"scoring worker killed after {deadline:g}s")
     on_crash = RewardResult(value, False, extracted, R.INTERNAL_ERROR, "scoring worker died")
-    return _Task("score", (kind, response, ground_truth, cfg), deadline, on_timeout, on_crash)
+    # The kind travels whole: a kind registered in this process is registered in the worker too.
+    return _Task("score", (kinds.get(kind), response, ground_truth, cfg), deadline, on_timeout, on_crash)
 
 
 # ---------------------------------------------------------------------- shared pools

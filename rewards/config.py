@@ -114,9 +114,13 @@ class RewardConfig:
     overlong_filtering: bool = False  # loop masks out truncated responses (finish_reason == "length")
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "math_formats", tuple(self.math_formats))  # a YAML list arrives as a list
+        self.validate()
+
+    def validate(self) -> None:
+        """Raises ValueError naming ``reward.<key>`` (the style of every schema of the project)."""
         for name in ("correct_reward", "wrong_reward", "format_reward"):
             _finite(self, name)
-        object.__setattr__(self, "math_formats", tuple(self.math_formats))
         if not self.math_formats:
             raise ValueError("reward.math_formats must name at least one of " + ", ".join(MATH_FORMATS))
         for fmt in self.math_formats:

@@ -30,6 +30,7 @@ def _main(raw: DictConfig) -> None:
     from cispo.config import ConfigError, load_config
     from cispo.tracking.console import configure_console_logging
     from cispo.driver.supervisor import train_with_recovery
+    from rewards.sandbox import SandboxUnavailableError
 
     data = OmegaConf.to_container(raw, resolve=True)
     hydra_cfg = HydraConfig.get()
@@ -42,7 +43,11 @@ def _main(raw: DictConfig) -> None:
         log.error("invalid configuration: %s", err)
         raise SystemExit(2) from None
     configure_console_logging(cfg.logger.log_level)
-    run_dir = train_with_recovery(cfg)  # worker failures: rebuild and resume; clean exits otherwise
+    try:
+        run_dir = train_with_recovery(cfg)  # worker failures: rebuild and resume; clean exits otherwise
+    except SandboxUnavailableError as err:  # code rewards cannot be isolated here: refuse, one line
+        log.error("%s", err)
+        raise SystemExit(2) from None
     print(f"done: {run_dir} (metrics.jsonl, checkpoints/, train.log)", flush=True)
 
 

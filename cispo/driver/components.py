@@ -23,6 +23,8 @@ from cispo.data.loading import LoadedData
 from cispo.evaluation.metrics import EvalMetrics
 from cispo.evaluation.runner import evaluate_dataset
 from cispo.driver.checkpoint_guard import checkpoint_write_guard
+from cispo.driver.code_isolation import METRIC_KEY as CODE_ISOLATION_METRIC
+from cispo.driver.code_isolation import code_isolation
 from cispo.driver.handles import RolloutHandle, TrainerHandle
 from cispo.driver.placement import bundle, release, reserve
 from cispo.driver.state import LoopState
@@ -152,6 +154,9 @@ class Components:
         self.run_dir, self.checkpoints, self.resume_from = folder.path, folder.checkpoints, folder.resume_from
         self.data = load_data(cfg.data)
         log.info("data: %s", self.data.summary())
+        # Before any worker starts: code rewards refuse to run where the sandbox cannot isolate them.
+        self.code_isolation = code_isolation(cfg.reward, self.data)
+        log.info("code rewards: isolation %s", self.code_isolation)
         self.model_path, self.tokenizer = prepare_policy(cfg, self.data)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.pad_token_id = int(pad)
@@ -166,6 +171,7 @@ class Components:
             self._restore(folder.state)
         start = self.state.start_step if folder.state is not None else None
         self.logger = open_logger(cfg, self.run_dir, start)
+        self.logger.constant_metrics[CODE_ISOLATION_METRIC] = self.code_isolation
         self.batch_log = BatchLog(self.run_dir, start)
         if folder.state is not None and folder.state.get("metrics") and \
                 (self.logger.last_record or {}).get("step", -1) < self.state.start_step:

@@ -201,3 +201,19 @@ def test_a_run_may_train_with_any_registered_loss_when_labelled_by_it():
     raw = OmegaConf.to_container(OmegaConf.create(compose_raw(["experiment=quick", "trainer.loss=gspo",
                                                                "algorithm.name=gspo"])), resolve=True)
     assert load_config(raw).trainer.loss == "gspo"
+
+
+def test_derived_keys_are_computed_before_the_sections_are_built():
+    """batch = prompts x G, the LR schedule's length = RL steps x epochs x mini-batches per batch; a
+    mini-batch size that divides the run's batch but not the trainer's default one (64) is fine."""
+    from cispo.config.root import derived_values
+
+    raw = {"prompts_per_step": 4, "group_size": 12, "total_steps": 10, "seed": 3,
+           "trainer": {"mini_batch_size": 12, "ppo_epochs": 2}, "model": {"path": "tiny", "dtype": "float32"}}
+    assert derived_values(raw) == {
+        "trainer.batch_size": 48, "trainer.seed": 3, "trainer.total_steps": 10 * 2 * 4,
+        "rollout.sampling.n": 12, "rollout.sampling.seed": 3, "rollout.engine.seed": 3,
+        "rollout.engine.model": "tiny", "rollout.engine.dtype": "float32",
+    }
+    cfg = load_config({**raw, "eval": {"sets": []}})
+    assert (cfg.trainer.batch_size, cfg.trainer.total_steps, cfg.rollout.sampling.n) == (48, 80, 12)

@@ -13,7 +13,7 @@ from rewards import RewardConfig, score, score_batch
 from rewards.extract import extract_math_answer, last_answer_line, last_boxed, last_gsm8k, strip_think
 from rewards.math_reward import normalize_gold, obviously_equal, parse_aime_int
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CASES = ROOT / "tests" / "data" / "math_reward_cases.jsonl"
 GRADER_CASES = ROOT / "data" / "eval" / "math_grader_cases.jsonl"
 ALL = ("boxed", "answer_line", "gsm8k")

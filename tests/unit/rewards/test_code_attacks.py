@@ -24,7 +24,7 @@ import pytest
 
 from rewards import RewardConfig, score
 from rewards import code_data
-from tests.unit.test_rewards_sandbox import assert_nothing_left, unique
+from tests.unit.rewards.test_sandbox import assert_nothing_left, unique
 
 CFG = RewardConfig(code_test_timeout_s=8.0, code_total_timeout_s=20.0, code_memory_mb=256, hard_timeout_grace_s=1.0)
 SMALL = CFG.replace(code_memory_mb=128)  # memory attacks: hold 3x this and more

@@ -21,7 +21,7 @@ from rewards.math_numbers import BigNumber, int_text, merge_thousands, numbers_e
 from rewards.math_reward import EQUAL, NOT_EQUAL, normalize_gold, verify_inline
 from rewards.math_strict import normalize_unicode, parse_aime_strict, prepare
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CASES = ROOT / "tests" / "data" / "math_strict_cases.jsonl"
 ALL = ("boxed", "answer_line", "gsm8k")
 STRICT = RewardConfig()

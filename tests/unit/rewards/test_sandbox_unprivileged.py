@@ -27,11 +27,11 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 USER = "cispo_sbx_test"  # the unprivileged account (created once, reused)
-SUITES = ("tests/unit/test_rewards_sandbox.py", "tests/unit/test_rewards_code_attacks.py",
-          "tests/unit/test_rewards_code_judge.py", "tests/unit/test_rewards_code.py",
-          "tests/unit/test_rewards_sandbox_isolation.py")
+SUITES = ("tests/unit/rewards/test_sandbox.py", "tests/unit/rewards/test_code_attacks.py",
+          "tests/unit/rewards/test_code_judge.py", "tests/unit/rewards/test_code.py",
+          "tests/unit/rewards/test_sandbox_isolation.py")
 SELECTION = "not plain"
 RUN_TIMEOUT_S = 600.0
 OUTPUT_TAIL = 6000

@@ -17,7 +17,7 @@ from rewards import code_data
 from rewards.code_reward import BadGroundTruth, outputs_match, parse_ground_truth
 from rewards.extract import extract_code, fenced_blocks
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CODE = ROOT / "data" / "code"
 FAST = RewardConfig()  # default limits: verdicts here must not depend on machine load
 SAMPLE = (0, 41, 87, 130, 163)

@@ -25,7 +25,7 @@ import pytest
 from rewards import RewardConfig, score
 from rewards import sandbox
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 IS_ROOT = os.geteuid() == 0
 # Verdicts other than `timeout` must not depend on machine load: roomy limits by default,
 # tight ones (TIGHT) only where a timeout is the expected verdict.

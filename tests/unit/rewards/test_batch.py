@@ -18,7 +18,7 @@ from rewards import RewardConfig, RewardPool, apply_overlong_shaping, overlong_k
 from rewards.batch import _Task
 from rewards.math_reward import TIMED_OUT
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 HANG = "\\boxed{9^{9^{9^{9}}}}"  # math-verify/sympy grinds on this far beyond any limit
 CODE_OK = "```python\ndef f(x):\n    return x + 1\n```"
 CODE_GT = {"asserts": ["assert f(1) == 2"]}
