@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The powered CPU study (studies/powered_study.md), stage by stage:
+# The powered CPU study (docs/powered_study.md), stage by stage:
 #   bash studies/powered_study/run_study.sh [all|pilot|main|caps|async|archive|report]
 # pilot: 4 runs, not part of the analysis (step time, curve bend, seed spread: docs/powered_study.md's rule);
 # main: CISPO vs DAPO vs GRPO x 5 seeds; caps: CISPO caps 4/8 and DAPO clips 0.2/0.4 x 5 seeds;

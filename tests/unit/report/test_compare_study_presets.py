@@ -1,5 +1,5 @@
 """The powered study's sweep presets (configs/experiment/powered_study*.yaml) compose, validate and
-hold the design that studies/powered_study.md pre-registers. Hydra composition only: no run."""
+hold the design that docs/powered_study.md pre-registers. Hydra composition only: no run."""
 
 from __future__ import annotations
 
