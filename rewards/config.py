@@ -22,6 +22,33 @@ class RewardConfig:
     extracted at all, whatever its correctness.
     """
 
+    # What a run *is* (a resumed run may not change these; docs/checkpoints.md): the reward definition.
+    # Timeouts, sandbox limits and pool settings may change. (The convention of cispo's schemas.)
+    IDENTITY_KEYS = frozenset({
+        "correct_reward",
+        "wrong_reward",
+        "format_reward",
+        "math_formats",
+        "strip_think",
+        "aime_min",
+        "aime_max",
+        "math_strict",
+        "math_allow_multiple_answers",
+        "math_max_answers_checked",
+        "math_ignore_units",
+        "math_allow_equations",
+        "math_ignore_text",
+        "math_rel_tol",
+        "code_extraction",
+        "code_partial_credit",
+        "code_io_float_tolerance",
+        "code_allow_site_packages",
+        "overlong_shaping",
+        "overlong_max_len",
+        "overlong_cache_len",
+        "overlong_filtering",
+    })
+
     # --- reward values
     correct_reward: float = 1.0
     wrong_reward: float = 0.0

@@ -25,6 +25,10 @@ class EngineConfig:
     trainer recomputes. `processed_logprobs` is allowed only for diagnostics.
     """
 
+    # What a run *is* (a resumed run may not change these; cispo's docs/checkpoints.md): how a prompt and
+    # its log-probs are treated. Placement, threads and memory may change.
+    IDENTITY_KEYS = frozenset({"max_model_len", "prompt_overflow", "logprobs_mode"})
+
     model: str = "tiny"
     dtype: str = "float32"
     # Seed of vLLM's own generator (requests without SamplingConfig.seed).
@@ -116,6 +120,10 @@ class SamplingConfig:
     Repetition early stop (MiniMax-M1): stop a response once `repetition_window` consecutive
     tokens each had probability > `repetition_prob`; 0 turns it off.
     """
+
+    # What a run *is* (a resumed run may not change these): the behaviour policy's sampling.
+    IDENTITY_KEYS = frozenset({"temperature", "top_p", "top_k", "min_p", "max_tokens", "stop", "stop_token_ids",
+                               "repetition_window", "repetition_prob"})
 
     n: int = 1
     temperature: float = 1.0

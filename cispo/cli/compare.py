@@ -103,6 +103,7 @@ def compare(
     if baseline is not None and baseline not in groups:
         raise CompareError(f"--baseline {baseline!r} is not a group; groups: {', '.join(groups)}")
     summary = summarize(groups, target_accuracy, cfg)
+    summary["overrides"] = {str(run.path): run.overrides for run in runs if run.overrides}
     rng = np.random.default_rng(cfg.bootstrap_seed)
     summary["curves"], summary["paired"] = {}, {}
     for key in summary["accuracy"]:

@@ -29,6 +29,7 @@ log = logging.getLogger("cispo")
 def _main(raw: DictConfig) -> None:
     from cispo.config import ConfigError, load_config
     from cispo.tracking.console import configure_console_logging
+    from cispo.driver.resume_guard import ResumeRefused
     from cispo.driver.supervisor import train_with_recovery
     from rewards.sandbox import SandboxUnavailableError
 
@@ -45,7 +46,7 @@ def _main(raw: DictConfig) -> None:
     configure_console_logging(cfg.logger.log_level)
     try:
         run_dir = train_with_recovery(cfg)  # worker failures: rebuild and resume; clean exits otherwise
-    except SandboxUnavailableError as err:  # code rewards cannot be isolated here: refuse, one line
+    except (SandboxUnavailableError, ResumeRefused) as err:  # cannot isolate code / would change the run: one line
         log.error("%s", err)
         raise SystemExit(2) from None
     print(f"done: {run_dir} (metrics.jsonl, checkpoints/, train.log)", flush=True)

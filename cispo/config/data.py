@@ -231,6 +231,8 @@ class DataConfig(Schema):
     shuffle: bool = True
     """Reshuffle the training rows every epoch (seeded by ``data.seed``); false keeps file order."""
 
+    IDENTITY_KEYS = frozenset({"train", "eval", "prompt", "seed", "shuffle"})  # the data is what a run is
+
     def validate(self) -> None:
         if not self.train:
             raise ValueError("data.train: expected at least one dataset")

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from cispo.config.data import DataConfig
 from cispo.config.fault_tolerance import FaultToleranceConfig
+from cispo.config.identity import is_identity_key, is_restored_on_resume
 from cispo.config.sections import (
     AlgorithmConfig,
     CheckpointConfig,
@@ -34,6 +35,10 @@ class RolloutConfig(Schema):
     engine: EngineConfig = field(default_factory=EngineConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     group: GroupConfig = field(default_factory=GroupConfig)
+
+    # The sync/async loop defines the run; how responses are sampled is declared by rollout's own schemas
+    # (`SamplingConfig`, `EngineConfig`); engine, group and weight-channel settings only place and move the work.
+    IDENTITY_KEYS = frozenset({"mode"})
 
 
 DERIVED_KEYS = frozenset({
@@ -70,6 +75,9 @@ class TrainConfig(Schema):
     ray: RayConfig = field(default_factory=RayConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     fault_tolerance: FaultToleranceConfig = field(default_factory=FaultToleranceConfig)
+
+    # The seed and the batch geometry; the reward definition is declared by `rewards.RewardConfig` itself.
+    IDENTITY_KEYS = frozenset({"seed", "prompts_per_step", "group_size"})
 
     @property
     def batch_size(self) -> int:
@@ -139,6 +147,17 @@ def _with(data: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _check_allowed_changes(keys: list[str]) -> None:
+    """Every key of ``checkpoint.allow_changes`` must be an identity key whose new value a resume can use."""
+    for key in keys:
+        if not is_identity_key(key, TrainConfig):
+            raise ConfigError(f"checkpoint.allow_changes: {key!r} is not an identity key (other keys may change on "
+                              "resume without it; the identity keys are listed in docs/checkpoints.md)")
+        if is_restored_on_resume(key, TrainConfig):
+            raise ConfigError(f"checkpoint.allow_changes: {key!r} cannot change on resume: the checkpoint's optimizer "
+                              "and LR-scheduler state restore it; start a new run_dir to train with another value")
+
+
 def load_config(data: Mapping[str, Any]) -> TrainConfig:
     """Converts a composed Hydra config (as a plain mapping): refuses derived keys, computes them, builds
     every section (each checks its own values) and checks the rules that span sections."""
@@ -166,6 +185,7 @@ def load_config(data: Mapping[str, Any]) -> TrainConfig:
                               "algorithm.old_log_probs=rollout: the behaviour policy of a stale sample is the engine's "
                               "(an older version), and only the engine's own log-probs are that policy's; a trainer "
                               "recompute would give the current policy's instead")
+    _check_allowed_changes(cfg.checkpoint.allow_changes)
     unknown_sets = [s for s in cfg.eval.sets if s not in cfg.data.eval]
     if unknown_sets:
         raise ConfigError(f"eval.sets={cfg.eval.sets}: {unknown_sets} not defined in data.eval "

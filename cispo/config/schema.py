@@ -11,7 +11,7 @@ import dataclasses
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 T = TypeVar("T")
 
@@ -24,7 +24,16 @@ class Schema:
     """The one validation style of every schema (the rollout and reward sections follow it too):
     `validate()` checks the object's own values and raises ValueError naming ``section.key``, and
     construction runs it, so no invalid schema object exists. Rules that span sections are checked
-    by `cispo.config.root.load_config`."""
+    by `cispo.config.root.load_config`.
+
+    What a run *is* is declared here too, once per schema: `IDENTITY_KEYS` names the fields (or dotted
+    keys below them) that a resumed run may not change (the rollout and reward schemas declare theirs
+    by the same name) (`cispo.config.identity`; listed in docs/checkpoints.md), and
+    `RESTORED_ON_RESUME` those identity keys a checkpoint restores whatever the config says (the
+    optimizer's and LR scheduler's state), which even ``checkpoint.allow_changes`` cannot change."""
+
+    IDENTITY_KEYS: ClassVar[frozenset[str]] = frozenset()
+    RESTORED_ON_RESUME: ClassVar[frozenset[str]] = frozenset()
 
     def validate(self) -> None:
         """Raise ValueError naming the key when a value is out of its range; nothing to check by default."""

@@ -57,10 +57,18 @@ class ModelConfig(Schema):
     warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
     """Optional supervised warm start on the training task before RL (see cispo/driver/warmstart.py)."""
 
+    IDENTITY_KEYS = frozenset({"path", "dtype", "seed", "warmstart"})  # the starting policy; not its cache
+
 
 @dataclass
 class AlgorithmConfig(Schema):
     """What distinguishes CISPO / DAPO / GRPO outside the loss (the loss knobs live in ``trainer``)."""
+
+    IDENTITY_KEYS = frozenset({
+        "name", "advantage", "advantage_eps", "advantage_options", "dynamic_sampling", "max_gen_rounds",
+        "oversample", "refill_sizing", "refill_z", "keep_rate_memory", "max_round_factor", "old_log_probs",
+        "max_staleness", "no_positive_resampling",
+    })  # every field: the algorithm is what a run is
 
     name: str = "cispo"
     """The run's label in names and reports (``cispo``, ``dapo``, ``grpo``, ``gspo``): it must equal
@@ -150,6 +158,9 @@ class EvalConfig(Schema):
     at_start: bool = True
     """Evaluate the starting policy as step 0 (skipped when a run resumes)."""
 
+    # What an eval number means (which sets, k, sampling); how often it is taken may change.
+    IDENTITY_KEYS = frozenset({"sets", "k", "temperature", "top_p", "max_tokens"})
+
 
 @dataclass
 class LoggerConfig(Schema):
@@ -186,3 +197,12 @@ class CheckpointConfig(Schema):
     """Complete checkpoints kept; older ones are removed (renamed aside first, so a kill leaves none half-deleted)."""
     resume: str = "auto"
     """``auto`` (latest complete checkpoint of the run folder), ``none``, or a checkpoint path."""
+    allow_changes: list[str] = field(default_factory=list)
+    """Identity keys (dotted, e.g. ``[data.train, trainer.eps_high]``) a resumed run may change deliberately;
+    without them a changed identity key refuses the resume. Each change is recorded in
+    ``<run_dir>/config_history.jsonl`` and shown by ``cispo.compare`` (docs/checkpoints.md)."""
+
+    def validate(self) -> None:
+        for key in self.allow_changes:
+            if not isinstance(key, str) or not key.strip():
+                raise ValueError(f"checkpoint.allow_changes={self.allow_changes!r}: expected dotted config keys")

@@ -122,6 +122,19 @@ class TrainerConfig(Schema):
     # Loss-specific options (cispo: unified_mask, mask_eps_low, mask_eps_high; grpo/dapo: dual_clip).
     loss_options: dict[str, Any] = field(default_factory=dict)
 
+    # The loss with its options, the update's geometry and numerics, the optimizer and its LR schedule;
+    # placement, memory and speed settings (zero_stage, world_size, micro-batches, packing, ...) may change.
+    IDENTITY_KEYS = frozenset({
+        "loss", "eps_low", "eps_high", "agg", "loss_token_budget", "kl_coef", "kl_estimator", "kl_clamp",
+        "tis_cap", "loss_options", "mini_batch_size", "ppo_epochs", "precision", "lm_head_fp32", "grad_clip",
+        "lr", "weight_decay", "adam_beta1", "adam_beta2", "adam_eps", "warmup_steps", "lr_schedule",
+        "min_lr_ratio",
+    })
+    # Restored from the checkpoint's optimizer and LR-scheduler state: a new value would be ignored.
+    RESTORED_ON_RESUME = frozenset({
+        "lr", "weight_decay", "adam_beta1", "adam_beta2", "adam_eps", "warmup_steps", "lr_schedule", "min_lr_ratio",
+    })
+
     def resolved_agg(self) -> str:
         from cispo.algorithms import DEFAULT_AGGREGATION
 

@@ -29,6 +29,7 @@ from cispo.driver.handles import RolloutHandle, TrainerHandle
 from cispo.driver.placement import bundle, release, reserve
 from cispo.driver.state import LoopState
 from cispo.tracking import MetricsLogger
+from cispo.tracking.run_files import CONFIG_FILENAME as CONFIG_FILE
 from cispo.driver.warmstart import warm_start
 from cispo.driver.weights import WeightBroadcast, make_broadcast
 from rollout.config import SamplingConfig
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 
 TRAINER_DIR = "trainer"
 STATE_FILE = "trainer_state.json"
-CONFIG_FILE = "config.yaml"
 
 
 def worker_env(cfg: TrainConfig) -> dict[str, str]:

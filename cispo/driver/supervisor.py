@@ -32,6 +32,7 @@ from cispo.driver.checkpoint_guard import CheckpointWriteError
 from cispo.driver.components import Components
 from cispo.driver.failures import EXIT_IO_ERROR, EXIT_RUN_LOCKED, EXIT_WORKER_FAILURE, RunStopped, classify
 from cispo.driver.loop import train
+from cispo.driver.resume_guard import plan_launch, record_launch
 from cispo.tracking import MetricsWriteError
 
 log = logging.getLogger(__name__)
@@ -78,10 +79,12 @@ def train_with_recovery(cfg: TrainConfig, train_fn: Callable[..., Path] = train)
 
     Raises `RunStopped` (a SystemExit with the exit code) with a one-paragraph message instead of a
     traceback when the run cannot go on: too many worker failures, a checkpoint or metrics line that
-    cannot be written, or a run folder owned by another live process.
+    cannot be written, or a run folder owned by another live process. Raises `ResumeRefused` before
+    touching the run folder when a resume would change an identity key (`cispo.driver.resume_guard`).
     """
     ft = cfg.fault_tolerance
     run_dir = Path(cfg.run_dir).resolve()
+    plan = plan_launch(cfg)  # read only: a refused resume leaves the folder as it was
     try:
         lock = RunLock(run_dir, wait_s=ft.lock_wait_s).acquire()
     except RunLockedError as exc:
@@ -93,6 +96,7 @@ def train_with_recovery(cfg: TrainConfig, train_fn: Callable[..., Path] = train)
     attempt_cfg = cfg
     saved_at_start = _latest_checkpoint(run_dir)
     try:
+        record_launch(plan)  # once per launch, not per in-run restart
         while True:
             started = time.time()
             try:

@@ -25,6 +25,18 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     return lines + [""]
 
 
+def render_overrides(overrides: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
+    """Identity keys a run changed on a resume (checkpoint.allow_changes, from its config_history.jsonl)."""
+    if not overrides:
+        return []
+    lines = ["## Identity overrides", "",
+             "These runs changed an identity key on a resume, deliberately (`checkpoint.allow_changes`): "
+             "their steps before and after the change were trained with different settings.", ""]
+    rows = [[run, c["key"], f"{c['old']} -> {c['new']}", c.get("from_step")]
+            for run, changes in overrides.items() for c in changes]
+    return lines + md_table(["run", "key", "old -> new", "from step"], rows)
+
+
 def render_report(
     summary: Mapping[str, Any], plot_names: Sequence[str], *, reward_key: str, fmt: str = NUMBER_FORMAT
 ) -> str:
@@ -42,6 +54,7 @@ def render_report(
         for name, g in summary["groups"].items()
     ]
     lines += md_table(["group", "runs", "seeds", "folders"], rows)
+    lines += render_overrides(summary.get("overrides") or {})
     for key, per_group in summary["accuracy"].items():
         target = summary["targets"][key]
         lines.append(f"## Eval accuracy `{key}`")

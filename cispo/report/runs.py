@@ -5,6 +5,11 @@ a finished run's metrics archived next to a study's report) and its resolved
 config as `.hydra/config.yaml` or `config.yaml` with the keys `algorithm.name` and `seed`. A multirun
 folder (Hydra's `multirun/<date>/<time>/`) holds numbered run folders; any folder is searched
 recursively (not inside run folders).
+
+A run folder may also hold `config_history.jsonl` (one line per launch, written by
+`cispo.driver.resume_guard`). A run whose label (`algorithm.name` or a `--group-by` key) changed
+between launches is refused: its steps belong to two groups. Other identity keys changed deliberately
+(`checkpoint.allow_changes`) are kept as the run's `overrides` and listed in the report.
 """
 
 from __future__ import annotations
@@ -18,12 +23,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cispo.tracking.run_files import CONFIG_FILENAME, HISTORY_FILENAME
 from cispo.tracking import (ARCHIVED_METRICS_FILENAME, ELAPSED_KEY, METRICS_FILENAME, STEP_TIME_KEY, metrics_file,
                              read_metrics)
 
 log = logging.getLogger(__name__)
 
-CONFIG_CANDIDATES = (Path(".hydra") / "config.yaml", Path("config.yaml"))
+# config.yaml first: cispo.train writes it only once a launch is accepted, while Hydra rewrites
+# .hydra/config.yaml at every launch (a refused resume included).
+CONFIG_CANDIDATES = (Path(CONFIG_FILENAME), Path(".hydra") / "config.yaml")
 ALGORITHM_KEY = "algorithm.name"
 SEED_KEY = "seed"
 SKIP_DIRS = ("checkpoints", "wandb")  # never hold runs; can be large
@@ -63,6 +71,7 @@ class Run:
     group: str
     seed: Any
     records: list[dict[str, Any]]
+    overrides: list[dict[str, Any]] = field(default_factory=list)  # identity keys changed on a resume
     _elapsed: dict[int, float] | None = field(default=None, repr=False)
 
     def keys(self) -> set[str]:
@@ -143,6 +152,45 @@ def group_keys(group_by: str) -> list[str]:
     return keys
 
 
+def read_history(folder: Path) -> list[dict[str, Any]]:
+    """The launches of a run (`config_history.jsonl`); none for runs written before it existed."""
+    import json
+
+    path = folder / HISTORY_FILENAME
+    if not path.is_file():
+        return []
+    launches = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            launches.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise CompareError(f"{path}:{number}: not a JSON line ({exc.msg})") from None
+    return launches
+
+
+def _changes(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every recorded change, with the step its launch resumed from."""
+    return [{**change, "from_step": launch.get("from_step")} for launch in history
+            for change in launch.get("changes", [])]
+
+
+def check_label_kept(folder: Path, history: list[dict[str, Any]], keys: Sequence[str]) -> None:
+    """Refuse a run whose label changed between launches: filing it under its last value would mislabel the
+    steps trained before."""
+    relabelled = [c for c in _changes(history) if c["key"] in (ALGORITHM_KEY, *keys)]
+    if relabelled:
+        what = "; ".join(f"{c['key']}: {c['old']} -> {c['new']} from step {c['from_step']}" for c in relabelled)
+        raise CompareError(f"run {folder} changed its label during the run ({what}; {HISTORY_FILENAME}): its steps "
+                           "belong to two groups; leave it out of the comparison or compare it by another key")
+
+
+def identity_overrides(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The identity keys changed deliberately (checkpoint.allow_changes), for the report."""
+    return [c for c in _changes(history) if c.get("identity")]
+
+
 def load_run(folder: Path, group_by: str = ALGORITHM_KEY) -> Run:
     import yaml
 
@@ -169,8 +217,10 @@ def load_run(folder: Path, group_by: str = ALGORITHM_KEY) -> Run:
     records = read_metrics(metrics_path)
     if not records:
         raise CompareError(f"run {folder}: {metrics_path} has no metrics lines")
+    history = read_history(folder)
+    check_label_kept(folder, history, keys)
     group = GROUP_LABEL_SEPARATOR.join(str(config[k]) for k in keys)
-    return Run(folder, config, group, config[SEED_KEY], records)
+    return Run(folder, config, group, config[SEED_KEY], records, identity_overrides(history))
 
 
 def _natural_key(path: Path) -> tuple:

@@ -54,7 +54,10 @@ class WarmupSchedule:
     """LR multiplier after ``step`` optimizer steps: linear warm-up to 1 over ``warmup`` steps
     (the first step already uses 1/warmup), then constant or cosine to ``min_ratio`` at ``total``.
 
-    A callable object, not a lambda, so LambdaLR's state_dict stores it and resume is exact.
+    A callable object, not a lambda, so LambdaLR's state_dict stores it and resume is exact. On resume
+    the checkpoint's copy wins (LambdaLR.load_state_dict restores these fields): a run keeps the horizon
+    it was planned with, so when ``total_steps`` is extended the extra steps of a cosine schedule run at
+    ``min_ratio`` (docs/checkpoints.md, "Changing a run's config on resume").
     """
 
     def __init__(self, warmup: int, total: int, kind: str, min_ratio: float):
