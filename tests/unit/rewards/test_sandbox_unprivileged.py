@@ -15,7 +15,6 @@ on the machine changes. Run as an ordinary user, the files already test that cas
 
 from __future__ import annotations
 
-import ctypes
 import os
 import pwd
 import shutil
@@ -27,8 +26,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.unprivileged import NoUnprivilegedUser, account, drop_to, world_reachable
+
 ROOT = Path(__file__).resolve().parents[3]
-USER = "cispo_sbx_test"  # the unprivileged account (created once, reused)
 SUITES = ("tests/unit/rewards/test_sandbox.py", "tests/unit/rewards/test_code_attacks.py",
           "tests/unit/rewards/test_code_judge.py", "tests/unit/rewards/test_code.py",
           "tests/unit/rewards/test_sandbox_isolation.py")
@@ -45,73 +45,21 @@ MUST_PASS = (
 )
 MUST_PASS_PREFIXES = ("test_honest_programs_pass[", "test_memory_outside_the_processes_is_bounded[",
                       "test_process_behind_an_exited_leader_is_found[")
-CLONE_NEWNS = 0x00020000
-MS_BIND, MS_REC, MS_PRIVATE, MS_MOVE = 4096, 16384, 1 << 18, 8192
-HIDDEN_ROOT_OPTIONS = "mode=755"
-
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="already unprivileged: the code test files run as this user")
 
 
 def _account() -> pwd.struct_passwd:
-    """The unprivileged account: reused if there, else created (idempotent); skip if impossible."""
     try:
-        return pwd.getpwnam(USER)
-    except KeyError:
-        pass
-    useradd = shutil.which("useradd")
-    if useradd is None:
-        pytest.skip("cannot create an unprivileged user: no useradd")
-    done = subprocess.run([useradd, "--no-create-home", "--shell", "/usr/sbin/nologin", USER],
-                          capture_output=True, text=True, check=False)
-    try:
-        return pwd.getpwnam(USER)
-    except KeyError:
-        pytest.skip(f"cannot create an unprivileged user: useradd said {done.stderr.strip()!r}")
-
-
-def _world_reachable(path: Path) -> bool:
-    return all(p.stat().st_mode & 0o001 for p in [path, *path.parents])
-
-
-def _hidden_ancestor(path: Path) -> Path | None:
-    """The topmost folder above `path` that others cannot traverse (None: all reachable)."""
-    blocked = [p for p in [path, *path.parents] if not p.stat().st_mode & 0o001]
-    return blocked[-1] if blocked else None
-
-
-def _mount(libc: ctypes.CDLL, src: str | None, dst: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    enc = lambda s: None if s is None else s.encode()  # noqa: E731
-    if libc.mount(enc(src), enc(dst), enc(fstype), flags, enc(data)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount {src} on {dst}: {os.strerror(err)}")
-
-
-def _drop_to(user: pwd.struct_passwd, interpreter: Path, stage: str):
-    """preexec_fn of the child: (if needed) make the interpreter reachable, then become `user`."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-    hidden = _hidden_ancestor(interpreter)
-
-    def enter() -> None:
-        if hidden is not None:
-            if libc.unshare(CLONE_NEWNS) != 0:
-                raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
-            _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)
-            _mount(libc, str(interpreter), stage, None, MS_BIND | MS_REC)
-            _mount(libc, "tmpfs", str(hidden), "tmpfs", 0, HIDDEN_ROOT_OPTIONS)
-            os.makedirs(interpreter, exist_ok=True)
-            _mount(libc, stage, str(interpreter), None, MS_MOVE)
-        os.setgroups([])
-        os.setgid(user.pw_gid)
-        os.setuid(user.pw_uid)
-    return enter
+        return account()
+    except NoUnprivilegedUser as e:
+        pytest.skip(str(e))
 
 
 @pytest.fixture(scope="module")
 def unprivileged_run() -> tuple[subprocess.CompletedProcess, dict[str, str]]:
     """One child pytest over the code test files as the unprivileged user: (process, outcome per test)."""
     user = _account()
-    if not _world_reachable(ROOT) or not ROOT.stat().st_mode & 0o004:
+    if not world_reachable(ROOT) or not ROOT.stat().st_mode & 0o004:
         pytest.skip(f"{ROOT} is not readable by other users")
     out_dir = Path(tempfile.mkdtemp(prefix="cispo-unprivileged-"))  # the child's HOME, temp and report
     os.chown(out_dir, user.pw_uid, user.pw_gid)
@@ -123,7 +71,7 @@ def unprivileged_run() -> tuple[subprocess.CompletedProcess, dict[str, str]]:
            f"--junitxml={junit}", f"--basetemp={out_dir / 'tmp'}", *SUITES]
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
-                              preexec_fn=_drop_to(user, Path(sys.base_prefix).resolve(), stage))
+                              preexec_fn=drop_to(user, Path(sys.base_prefix).resolve(), stage))
     except subprocess.SubprocessError as e:
         if "preexec_fn" in str(e):
             pytest.skip(f"cannot drop to the unprivileged user here: {e}")
