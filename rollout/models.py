@@ -105,21 +105,25 @@ def _make_readable(folder: Path) -> None:
         f.chmod(0o644)
 
 
+class ModelError(ValueError):
+    """A model name or folder that cannot be used: the message names it and what is missing."""
+
+
 def validate_model_dir(path: str | os.PathLike) -> Path:
-    """Check that `path` is a Hugging Face model folder; raise ValueError saying what is missing."""
+    """Check that `path` is a Hugging Face model folder; raise ModelError saying what is missing."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise ValueError(
+        raise ModelError(
             f"model {str(path)!r} is neither a built-in name {list(BUILTIN)} nor an existing folder"
         )
     if not p.is_dir():
-        raise ValueError(f"model path {str(p)!r} is a file; expected a Hugging Face model folder")
+        raise ModelError(f"model path {str(p)!r} is a file; expected a Hugging Face model folder")
     if not (p / "config.json").is_file():
-        raise ValueError(f"model folder {str(p)!r} has no config.json: not a Hugging Face model")
+        raise ModelError(f"model folder {str(p)!r} has no config.json: not a Hugging Face model")
     if not any(any(p.glob(g)) for g in WEIGHT_GLOBS):
-        raise ValueError(f"model folder {str(p)!r} has no weights (*.safetensors or pytorch_model*.bin)")
+        raise ModelError(f"model folder {str(p)!r} has no weights (*.safetensors or pytorch_model*.bin)")
     if not any((p / f).is_file() for f in TOKENIZER_FILES):
-        raise ValueError(f"model folder {str(p)!r} has no tokenizer (expected one of {TOKENIZER_FILES})")
+        raise ModelError(f"model folder {str(p)!r} has no tokenizer (expected one of {TOKENIZER_FILES})")
     return p.resolve()
 
 

@@ -14,6 +14,9 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from cispo.cli.train import CONFIG_DIR
+from cispo.cli.user_errors import one_line_errors
+from cispo.config import ConfigError
+from rollout.models import ModelError
 
 log = logging.getLogger("cispo.eval")
 
@@ -33,7 +36,7 @@ def resolve_model(path: str) -> str:
         latest = CheckpointManager(p, keep_last=None, cleanup=False).find_resume("auto")  # the run may be live
         if latest is not None:
             return str(latest / "trainer" / "model")
-    raise ValueError(f"model={path!r}: not an HF model folder, a checkpoint folder or a run folder with checkpoints")
+    raise ModelError(f"model={path!r}: not an HF model folder, a checkpoint folder or a run folder with checkpoints")
 
 
 def markdown_report(name: str, metrics: Any, settings: dict[str, Any]) -> str:
@@ -63,7 +66,7 @@ def load_eval_config(raw: dict[str, Any]) -> tuple[Any, Any, Any, Any, Any]:
     sampling = from_mapping(SamplingConfig, raw["rollout"]["sampling"], "rollout.sampling")
     missing = [s for s in ev.sets if s not in data.eval]
     if missing:
-        raise ValueError(f"eval.sets={ev.sets}: {missing} not defined in data.eval ({sorted(data.eval)})")
+        raise ConfigError(f"eval.sets={ev.sets}: {missing} not defined in data.eval ({sorted(data.eval)})")
     return data, ev, reward, engine_cfg, sampling
 
 
@@ -81,16 +84,18 @@ def run_eval(raw: dict[str, Any]) -> dict[str, Any]:
     sampling = dataclasses.replace(sampling, n=ev.k, temperature=ev.temperature, top_p=ev.top_p,
                                    max_tokens=ev.max_tokens, seed=raw["seed"])
     out_dir = Path(raw["out_dir"] or Path("eval_results") / Path(model).name)
+    datasets = {}  # read before the engine starts: a bad file or row fails in a second, not after a model load
+    for name in ev.sets:
+        spec = data.eval[name]
+        if raw.get("limit"):
+            spec = dataclasses.replace(spec, limit=int(raw["limit"]))
+        datasets[name] = load_prompt_dataset(spec, name=name)
     out_dir.mkdir(parents=True, exist_ok=True)
     engine = RolloutEngine(engine_cfg)
     console = Console()
     summary: dict[str, Any] = {}
     try:
-        for name in ev.sets:
-            spec = data.eval[name]
-            if raw.get("limit"):
-                spec = dataclasses.replace(spec, limit=int(raw["limit"]))
-            dataset = load_prompt_dataset(spec, name=name)
+        for name, dataset in datasets.items():
             metrics = evaluate_dataset(engine, engine.tokenizer, dataset, prompt_cfg=data.prompt, sampling=sampling,
                                        reward_cfg=reward)
             settings = {"model": model, "k": ev.k, "temperature": ev.temperature, "top_p": ev.top_p,
@@ -112,11 +117,8 @@ def run_eval(raw: dict[str, Any]) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 def _main(cfg: DictConfig) -> None:
-    try:
+    with one_line_errors(log):
         run_eval(OmegaConf.to_container(cfg, resolve=True))
-    except ValueError as err:
-        log.error("%s", err)
-        raise SystemExit(2) from None
 
 
 def main() -> None:

@@ -27,28 +27,24 @@ log = logging.getLogger("cispo")
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def _main(raw: DictConfig) -> None:
-    from cispo.config import ConfigError, load_config
-    from cispo.tracking.console import configure_console_logging
-    from cispo.driver.resume_guard import ResumeRefused
+    from cispo.cli.user_errors import one_line_errors
+    from cispo.config import load_config
     from cispo.driver.supervisor import train_with_recovery
-    from rewards.sandbox import SandboxUnavailableError
+    from cispo.tracking.console import configure_console_logging
 
-    data = OmegaConf.to_container(raw, resolve=True)
+    with one_line_errors(log, "invalid configuration: "):
+        data = OmegaConf.to_container(raw, resolve=True)
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:
         # Each job of a sweep lives in its own numbered folder of the sweep (what cispo.compare reads).
         data["run_dir"] = hydra_cfg.runtime.output_dir
-    try:
+    with one_line_errors(log, "invalid configuration: "):
         cfg = load_config(data)
-    except ConfigError as err:
-        log.error("invalid configuration: %s", err)
-        raise SystemExit(2) from None
     configure_console_logging(cfg.logger.log_level)
-    try:
-        run_dir = train_with_recovery(cfg)  # worker failures: rebuild and resume; clean exits otherwise
-    except (SandboxUnavailableError, ResumeRefused) as err:  # cannot isolate code / would change the run: one line
-        log.error("%s", err)
-        raise SystemExit(2) from None
+    # A refused resume, a data file or row, a model, code that cannot be isolated: one line, exit 2,
+    # before Ray starts (the data and the model are read first). Worker failures: rebuild and resume.
+    with one_line_errors(log):
+        run_dir = train_with_recovery(cfg)
     print(f"done: {run_dir} (metrics.jsonl, checkpoints/, train.log)", flush=True)
 
 

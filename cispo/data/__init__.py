@@ -15,7 +15,7 @@ from cispo.data.loading import LoadedData, heldout_indices, load_data, load_prom
 from cispo.data.sampler import PromptSampler, epoch_permutation
 from cispo.data.sources import SOURCE_NAMES, SOURCES, detect_source
 from cispo.data.templates import build_messages, encode_prompt, encode_prompts, render_prompt, render_prompts
-from cispo.data.types import BadRow, BadRowError, PromptDataset, PromptRow
+from cispo.data.types import BadRow, BadRowError, DataError, DataFileNotFoundError, PromptDataset, PromptRow
 
 __all__ = [
     "M1_SYSTEM_PROMPT",
@@ -24,6 +24,8 @@ __all__ = [
     "ArithmeticConfig",
     "BadRow",
     "BadRowError",
+    "DataError",
+    "DataFileNotFoundError",
     "ColumnMap",
     "DataConfig",
     "DatasetSpec",

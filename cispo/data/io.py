@@ -16,6 +16,8 @@ import lzma
 from pathlib import Path
 from typing import IO, Any, Callable
 
+from cispo.data.types import DataError, DataFileNotFoundError
+
 logger = logging.getLogger(__name__)
 
 COMPRESSIONS: dict[str, Callable[..., IO[str]]] = {
@@ -32,7 +34,7 @@ def detect_format(path: str | Path) -> str:
     if suffixes and suffixes[-1] in COMPRESSIONS:
         suffixes = suffixes[:-1]
     if not suffixes or suffixes[-1] not in EXTENSIONS:
-        raise ValueError(
+        raise DataError(
             f"{path}: cannot tell the format from the extension; expected one of "
             f"{sorted(EXTENSIONS)} (optionally + {sorted(COMPRESSIONS)}), or set format: json|jsonl|parquet"
         )
@@ -55,9 +57,9 @@ def read_json_stdlib(path: Path) -> list[Any]:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+            raise DataError(f"{path}: not valid JSON ({exc})") from exc
         if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
+            raise DataError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
         return data
     rows: list[Any] = []
     for line_number, line in enumerate(text.splitlines(), start=1):
@@ -66,7 +68,7 @@ def read_json_stdlib(path: Path) -> list[Any]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as exc:
-            raise ValueError(
+            raise DataError(
                 f"{path}: row {len(rows)} (0-based; line {line_number}) is not valid JSON: {exc}"
             ) from exc
     return rows
@@ -89,7 +91,7 @@ def resolve_data_path(path: str | Path) -> Path:
         if candidate.is_file():
             return candidate
     tried = " or ".join(str(c.resolve()) for c in candidates)
-    raise FileNotFoundError(f"{path}: data file not found (looked for {tried})")
+    raise DataFileNotFoundError(f"{path}: data file not found (looked for {tried})")
 
 
 def read_hub_rows(dataset_id: str, split: str, *, cache_dir: str | None = None) -> list[Any]:
@@ -99,7 +101,7 @@ def read_hub_rows(dataset_id: str, split: str, *, cache_dir: str | None = None) 
     try:
         table = datasets.load_dataset(dataset_id, split=split, cache_dir=cache_dir)
     except Exception as exc:  # noqa: BLE001 - datasets raises many types (network, missing split, format)
-        raise ValueError(
+        raise DataError(
             f"hub dataset {dataset_id!r} (split {split!r}) could not be loaded: {exc}. Without network access, "
             "download it elsewhere and point `path:` at a local file"
         ) from exc
@@ -117,7 +119,7 @@ def read_rows(path: str | Path, fmt: str | None = None, *, cache_dir: str | None
         table = datasets.load_dataset(builder, data_files=str(path.resolve()), split="train", cache_dir=cache_dir)
     except Exception as exc:  # noqa: BLE001 - datasets raises many types; we re-read or re-raise below
         if builder != "json":
-            raise ValueError(f"{path}: HF datasets could not read it as {fmt}: {exc}") from exc
+            raise DataError(f"{path}: HF datasets could not read it as {fmt}: {exc}") from exc
         logger.warning("%s: HF datasets failed (%s); reading it with the json module", path, exc)
         return read_json_stdlib(path)
     return table.to_list()

@@ -16,7 +16,7 @@ from cispo.data.arithmetic import arithmetic_rows
 from cispo.config.data import DataConfig, DatasetSpec
 from cispo.data.io import detect_format, read_hub_rows, read_rows
 from cispo.data.sources import ARITHMETIC, GENERIC, FieldError, detect_source, get_source
-from cispo.data.types import BadRow, BadRowError, PromptDataset, PromptRow
+from cispo.data.types import BadRow, BadRowError, DataError, PromptDataset, PromptRow
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def resolve_source(spec: DatasetSpec) -> str:
         return GENERIC
     detected = detect_source(spec.path or spec.hub or "")
     if detected is None:
-        raise ValueError(
+        raise DataError(
             f"{spec.path}: cannot tell the data source from the file name; set source: (one of the "
             "names in docs/data.md) or columns: {prompt, ground_truth, id} for your own file"
         )
@@ -63,7 +63,7 @@ def load_prompt_dataset(spec: DatasetSpec, *, name: str | None = None) -> Prompt
 
     source = get_source(source_name, spec.reward_kind)
     if source_name == GENERIC and (spec.columns.prompt is None or spec.columns.ground_truth is None):
-        raise ValueError(
+        raise DataError(
             f"{spec.path}: the generic source needs columns.prompt and columns.ground_truth "
             f"(got {spec.columns})"
         )
@@ -101,7 +101,7 @@ def load_prompt_dataset(spec: DatasetSpec, *, name: str | None = None) -> Prompt
     if spec.limit is not None:
         rows = rows[: spec.limit]
     if not rows:
-        raise ValueError(f"{path}: no usable rows (split={spec.split!r}, {len(skipped)} skipped)")
+        raise DataError(f"{path}: no usable rows (split={spec.split!r}, {len(skipped)} skipped)")
     return PromptDataset(data_source, source_name, path, rows, num_raw_rows=len(raw_rows), skipped=skipped)
 
 
@@ -140,7 +140,7 @@ def load_data(cfg: DataConfig) -> LoadedData:
     for row in train:
         key = (row.data_source, row.id)
         if key in keys:
-            raise ValueError(
+            raise DataError(
                 f"data.train: the row id {row.id!r} of {row.data_source!r} appears twice; give the "
                 "datasets of the mixture distinct names"
             )

@@ -40,7 +40,16 @@ class PromptRow:
         }
 
 
-class BadRowError(ValueError):
+class DataError(ValueError):
+    """A data file or row that cannot be used (a user's input, not a bug): the message names the file,
+    and the row and field where there is one."""
+
+
+class DataFileNotFoundError(DataError, FileNotFoundError):
+    """A data file that does not exist where it was looked for (the message lists where)."""
+
+
+class BadRowError(DataError):
     """A malformed row: names the file, the 0-based row index and the field."""
 
     def __init__(self, path: str, row: int, field_name: str, problem: str) -> None:
