@@ -64,6 +64,8 @@ def load_eval_config(raw: dict[str, Any]) -> tuple[Any, Any, Any, Any, Any]:
     reward = from_mapping(RewardConfig, raw["reward"], "reward")
     engine_cfg = from_mapping(EngineConfig, raw["rollout"]["engine"], "rollout.engine")
     sampling = from_mapping(SamplingConfig, raw["rollout"]["sampling"], "rollout.sampling")
+    if ev.sets is None:  # every set the data preset defines
+        ev = dataclasses.replace(ev, sets=list(data.eval))
     missing = [s for s in ev.sets if s not in data.eval]
     if missing:
         raise ConfigError(f"eval.sets={ev.sets}: {missing} not defined in data.eval ({sorted(data.eval)})")

@@ -3,6 +3,7 @@ at start-up, so a wrong key or value fails before Ray, vLLM or DeepSpeed start."
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -186,6 +187,8 @@ def load_config(data: Mapping[str, Any]) -> TrainConfig:
                               "(an older version), and only the engine's own log-probs are that policy's; a trainer "
                               "recompute would give the current policy's instead")
     _check_allowed_changes(cfg.checkpoint.allow_changes)
+    if cfg.eval.sets is None:  # each data preset brings its own eval sets
+        cfg.eval = dataclasses.replace(cfg.eval, sets=list(cfg.data.eval))
     unknown_sets = [s for s in cfg.eval.sets if s not in cfg.data.eval]
     if unknown_sets:
         raise ConfigError(f"eval.sets={cfg.eval.sets}: {unknown_sets} not defined in data.eval "

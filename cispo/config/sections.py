@@ -153,8 +153,10 @@ class EvalConfig(Schema):
     """Nucleus sampling of evaluation (M1: 0.95 on AIME, DAPO: 0.7)."""
     max_tokens: int = 128
     """Response budget per sample; a truncated response is scored as it is (usually wrong)."""
-    sets: list[str] = field(default_factory=lambda: ["heldout"])
-    """Names of eval sets defined in ``data.eval``; ``heldout`` is the training task's held-out split."""
+    sets: list[str] | None = None
+    """Names of eval sets defined in ``data.eval``; null: every set the data preset defines (``data=arithmetic``:
+    ``heldout``, the training task's held-out split; ``data=gsm8k``: ``gsm8k``). The run's config.yaml
+    records the resolved list."""
     at_start: bool = True
     """Evaluate the starting policy as step 0 (skipped when a run resumes)."""
 

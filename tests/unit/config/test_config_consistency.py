@@ -217,3 +217,20 @@ def test_derived_keys_are_computed_before_the_sections_are_built():
     }
     cfg = load_config({**raw, "eval": {"sets": []}})
     assert (cfg.trainer.batch_size, cfg.trainer.total_steps, cfg.rollout.sampling.n) == (48, 80, 12)
+
+
+@pytest.mark.parametrize("data", ["arithmetic", "gsm8k", "math", "deepmath", "code"])
+def test_each_data_preset_brings_its_own_eval_sets(data):
+    """``data=gsm8k`` alone evaluates on gsm8k (it used to be refused: the eval set stayed `heldout`);
+    a named eval set still wins."""
+    def resolved(overrides: list[str]) -> dict[str, Any]:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+            cfg = compose("train", overrides=[*overrides, "run_dir=runs/x", "name=x"])
+        return {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"}
+
+    raw = resolved([f"data={data}"])
+    cfg = load_config(raw)
+    assert cfg.eval.sets == list(raw["data"]["eval"]) and cfg.eval.sets
+    named = next(iter(raw["data"]["eval"]))
+    assert load_config(resolved([f"data={data}", f"eval.sets=[{named}]"])).eval.sets == [named]
