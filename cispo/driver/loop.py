@@ -152,7 +152,8 @@ def publish_weights(c: Components) -> None:
     if c.cfg.rollout.mode == "async":
         if c.state.pending_weights is not None:
             c.weights.finish(c.state.pending_weights)
-        c.state.pending_weights = c.state.versions.push(c.weights.queue)
+        exported = c.weights.export()  # outside the version lock: the producer keeps submitting meanwhile
+        c.state.pending_weights = c.state.versions.push(lambda: c.weights.queue(exported))
     else:
         c.weights.load()
         c.state.versions.advance()

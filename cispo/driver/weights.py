@@ -41,8 +41,13 @@ class WeightBroadcast(ABC):
     def load(self) -> dict[str, float]:
         """Send the trainer's weights and return once every engine runs them."""
 
-    def queue(self) -> Any:
-        """Queue the trainer's weights behind the work already sent; `finish(pending)` waits for them."""
+    def export(self) -> Any:
+        """The trainer's current weights in the form `queue` sends (the slow part: done before `queue`, so
+        that the asynchronous loop holds its policy-version lock only while the update is queued)."""
+        raise WeightSyncError(f"rollout.group.weight_sync={self.name} cannot queue an update behind generation")
+
+    def queue(self, exported: Any) -> Any:
+        """Queue `export()`'s weights behind the work already sent; `finish(pending)` waits for them."""
         raise WeightSyncError(f"rollout.group.weight_sync={self.name} cannot queue an update behind generation")
 
     def finish(self, pending: Any) -> dict[str, float]:
@@ -59,8 +64,11 @@ class ObjectStoreBroadcast(WeightBroadcast):
     def load(self) -> dict[str, float]:
         return self.rollout.update_weights(self.trainer.export_weights_ref())
 
-    def queue(self) -> Any:
-        return self.rollout.submit_weights(self.trainer.export_weights_ref())
+    def export(self) -> Any:
+        return self.trainer.export_weights_ref()
+
+    def queue(self, exported: Any) -> Any:
+        return self.rollout.submit_weights(exported)
 
     def finish(self, pending: Any) -> dict[str, float]:
         return self.rollout.finish_weights(pending)

@@ -66,9 +66,12 @@ class StandInEngine:
     """Answers ``\\boxed{<digit>}``; whether a sample is right depends on the prompt, the seed, the sample
     index and the weights loaded, so a response generated with other weights differs."""
 
-    def __init__(self, version: int = 0, delay_s: float = 0.0) -> None:
+    def __init__(self, version: int = 0, delay_s: float = 0.0, rewards_follow_weights: bool = True) -> None:
         self.actor = ActorThread()
         self.loaded = version
+        # False: rewards depend on the prompt, seed and sample only, so which groups dynamic sampling keeps
+        # does not depend on which (racing) policy version generated them.
+        self.rewards_follow_weights = rewards_follow_weights
         self.delay_s = delay_s
         self.generated_with: list[int] = []
 
@@ -78,7 +81,8 @@ class StandInEngine:
         for p in prompts:
             index = p[0] - 1000
             for j in range(sampling.n):
-                h = int(hashlib.sha256(f"{index}/{sampling.seed}/{j}/{self.loaded}".encode()).hexdigest(), 16)
+                weights = self.loaded if self.rewards_follow_weights else 0
+                h = int(hashlib.sha256(f"{index}/{sampling.seed}/{j}/{weights}".encode()).hexdigest(), 16)
                 answer = index % 10 if h % 3 == 0 else (index + 1) % 10
                 out.append(RolloutResult(prompt_ids=list(p), response_ids=[7, 8, 2],
                                          logprobs=np.full(3, version_log_prob(self.loaded)), finish_reason="stop",
@@ -191,11 +195,12 @@ def make_config(mode: str, k: int, total_steps: int, dynamic_sampling: bool = Tr
     })
 
 
-def components(cfg, tmp_path, *, resume: dict | None = None, delay_s: float = 0.0) -> SimpleNamespace:
+def components(cfg, tmp_path, *, resume: dict | None = None, delay_s: float = 0.0,
+               rewards_follow_weights: bool = True) -> SimpleNamespace:
     start = resume["step"] if resume else 0
     tmp_path.mkdir(parents=True, exist_ok=True)
     state = LoopState(start, 0.0, KeepRateEstimate(cfg.algorithm.keep_rate_memory), PolicyVersions(start))
-    rollout, trainer = StandInEngine(start, delay_s), StandInTrainer(start, delay_s)
+    rollout, trainer = StandInEngine(start, delay_s, rewards_follow_weights), StandInTrainer(start, delay_s)
     c = SimpleNamespace(cfg=cfg, pad_token_id=0, state=state, rollout=rollout, trainer=trainer,
                         weights=ObjectStoreBroadcast(trainer, rollout),
                         sampler=PromptSampler(rows(), seed=3), logger=Recorder(),
@@ -289,8 +294,11 @@ def test_kill_and_resume_neither_skips_nor_repeats_prompts(tmp_path, dynamic_sam
     """NeMo-RL's async resume skipped ~30% of prompts: the checkpoint must hold the data position of the
     batch it trained on, not of the batches the producer had already drawn ahead."""
     k = 3
-    full = run(components(make_config("async", k, 8, dynamic_sampling), tmp_path / "full", delay_s=0.01))
-    first = components(make_config("async", k, 8, dynamic_sampling), tmp_path / "cut", delay_s=0.01)
+    # Which version generates a batch is a race (the producer runs ahead): with dynamic sampling, rewards
+    # that followed it would make the kept groups, hence the two runs' prompts, differ by timing alone.
+    fixed = {"rewards_follow_weights": not dynamic_sampling}
+    full = run(components(make_config("async", k, 8, dynamic_sampling), tmp_path / "full", delay_s=0.01, **fixed))
+    first = components(make_config("async", k, 8, dynamic_sampling), tmp_path / "cut", delay_s=0.01, **fixed)
     first.logger = KilledAfter(3)
     with pytest.raises(Killed):
         run(first)
@@ -299,7 +307,7 @@ def test_kill_and_resume_neither_skips_nor_repeats_prompts(tmp_path, dynamic_sam
     # The checkpoint holds batch 3's position, however far the producer had run: as the full run's.
     assert first.saved[3]["sampler"] == full.saved[3]["sampler"]
     resumed = run(components(make_config("async", k, 8, dynamic_sampling), tmp_path / "cut",
-                             resume=first.saved[3], delay_s=0.01))
+                             resume=first.saved[3], delay_s=0.01, **fixed))
     assert resumed.trainer.batches[0][0] == 3
     full_prompts = [r["prompts"] for r in read_batches(tmp_path / "full")]
     cut_prompts = [r["prompts"] for r in read_batches(tmp_path / "cut")]

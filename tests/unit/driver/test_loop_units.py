@@ -3,6 +3,7 @@ versions are tested in test_train_loop.py): which log-probs become pi_old, what 
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -126,3 +127,27 @@ def test_sync_mode_counts_a_version_per_update():
     c = components("rollout")
     train_on_groups(c, [group()], PhaseTimer())
     assert c.state.versions.queued == 1 and c.trainer.batch.staleness is None
+
+
+def test_async_mode_exports_the_weights_outside_the_policy_version_lock():
+    """Exporting takes seconds on real workers (a gather under ZeRO-3): the producer must be able to
+    submit generations meanwhile, so only the queueing itself holds the lock."""
+    c = components("rollout", mode="async")
+    free_during_export = []
+
+    def export_weights_ref():
+        def probe_lock() -> None:  # from another thread, as the producer would
+            lock = c.state.versions._cond
+            got = lock.acquire(blocking=False)
+            if got:
+                lock.release()
+            free_during_export.append(got)
+
+        probe = threading.Thread(target=probe_lock)
+        probe.start()
+        probe.join()
+        return ("weights-ref", 123)
+
+    c.trainer.export_weights_ref = export_weights_ref
+    train_on_groups(c, [group()], PhaseTimer(), staleness=[0])
+    assert free_during_export == [True] and c.rollout.pushed == [("weights-ref", 123)]

@@ -59,7 +59,7 @@ def test_object_store_loads_and_queues_one_reference():
     b = ObjectStoreBroadcast(trainer, rollout)
     b.connect()  # nothing to form
     assert b.load() == {"ok": 1.0}
-    pending = b.queue()
+    pending = b.queue(b.export())
     b.finish(pending)
     assert rollout.calls == [("update", ("ref", 7)), ("submit", ("ref", 7)), ("finish", "pending")]
     assert trainer.calls == ["export", "export"] and ObjectStoreBroadcast.can_queue
@@ -85,7 +85,9 @@ def test_collective_cannot_queue_behind_generation():
     b = CollectiveBroadcast(Trainer(), Rollout())
     assert not b.can_queue
     with pytest.raises(WeightSyncError, match="collective cannot queue"):
-        b.queue()
+        b.export()
+    with pytest.raises(WeightSyncError, match="collective cannot queue"):
+        b.queue(None)
 
 
 def test_the_registry_offers_exactly_the_configured_channels():
