@@ -8,6 +8,8 @@ metrics line carries the level it got (`reward/code_isolation`).
 
 from __future__ import annotations
 
+import itertools
+
 from rewards.config import RewardConfig
 from rewards.sandbox import isolation_level
 
@@ -19,7 +21,7 @@ NO_CODE = "no code rewards"
 
 
 def uses_code_rewards(data: LoadedData) -> bool:
-    rows = list(data.train) + [row for part in data.eval.values() for row in part]
+    rows = itertools.chain(data.train, *data.eval.values())
     return any(row.reward_kind == CODE_KIND for row in rows)
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import subprocess
 import time
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ from typing import Any
 import yaml
 
 from cispo.checkpoint import CHECKPOINTS_DIRNAME, LATEST_NAME
+from cispo.checkpoint.layout import parse_step
 from cispo.config import DERIVED_KEYS, ConfigError, TrainConfig, to_dict
 from cispo.config.identity import is_identity_key, is_restored_on_resume
 from cispo.tracking.run_files import CONFIG_FILENAME as CONFIG_FILE
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 ABSENT = "(absent)"
 RESUME_NONE = "none"
-STEP_FOLDER = re.compile(r"step_(\d+)$")
 GIT_TIMEOUT_S = 5.0
 REFUSAL_VALUE_CHARS = 60  # values in the one-line refusal are cut here; the diff block shows them whole
 HORIZON_KEY = "trainer.total_steps"  # the LR schedule's length in optimizer steps (derived from total_steps)
@@ -152,22 +151,21 @@ def has_checkpoints(run_dir: Path) -> bool:
     folder = run_dir / CHECKPOINTS_DIRNAME
     if not folder.is_dir():
         return False
-    return (folder / LATEST_NAME).is_file() or any(STEP_FOLDER.match(p.name) for p in folder.iterdir() if p.is_dir())
+    return (folder / LATEST_NAME).is_file() or any(parse_step(p) is not None for p in folder.iterdir() if p.is_dir())
 
 
 def resume_step(run_dir: Path, resume: str) -> int | None:
     """The step a resume starts from as far as can be told without verifying: the named checkpoint, else the
     one `latest` names, else the newest step folder."""
-    named = STEP_FOLDER.search(resume.rstrip("/")) if resume not in ("auto", RESUME_NONE) else None
-    if named:
-        return int(named.group(1))
+    named = parse_step(Path(resume)) if resume not in ("auto", RESUME_NONE) else None
+    if named is not None:
+        return named
     folder = run_dir / CHECKPOINTS_DIRNAME
     pointer = folder / LATEST_NAME
-    found = STEP_FOLDER.match(pointer.read_text(encoding="utf-8").strip()) if pointer.is_file() else None
-    if found:
-        return int(found.group(1))
-    steps = [int(m.group(1)) for p in folder.iterdir() if (m := STEP_FOLDER.match(p.name))]
-    return max(steps, default=None)
+    found = parse_step(Path(pointer.read_text(encoding="utf-8").strip())) if pointer.is_file() else None
+    if found is not None:
+        return found
+    return max((s for p in folder.iterdir() if (s := parse_step(p)) is not None), default=None)
 
 
 def saved_config(run_dir: Path) -> dict[str, Any] | None:
